@@ -1,0 +1,16 @@
+//! dualstack-xds: a Kubernetes-aware xDS control plane that lets an ordinary Envoy
+//! ingress accept both IP families and forward to one primary family (NAT64 / NAT46).
+//!
+//! ```text
+//!  sources (Kubernetes watch | manifest directory)
+//!    -> model      (services, ports, endpoints per family, mode; no k8s, no protobuf)
+//!    -> translate  (model + primary family + node's listener families -> Envoy resources)
+//!    -> snapshot   (immutable, versioned by content, each resource encoded once)
+//!    -> server     (ADS + per-type services, SotW + Delta, per-stream state machines)
+//!    -> Envoy ingresses / proxyless gRPC clients
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod server;
+pub mod snapshot;

@@ -1,0 +1,169 @@
+//! Incremental ("Delta") streams (`DeltaAggregatedResources` and the per-type `Delta*`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+};
+
+use super::{
+    Event, NodeGrouping, Outcome, ProtocolError, Scope, StreamCore, StreamKind, StreamStatus,
+};
+use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
+
+/// One Delta stream.
+pub struct DeltaStream {
+    core: StreamCore,
+    /// Per type, `initial_resource_versions` of the first request: what the client
+    /// already has from an earlier stream, consumed by the first response.
+    initial_versions: [HashMap<String, String>; 4],
+}
+
+impl DeltaStream {
+    pub fn new(scope: Scope, grouping: NodeGrouping) -> Self {
+        DeltaStream {
+            core: StreamCore::new(scope, grouping),
+            initial_versions: Default::default(),
+        }
+    }
+
+    pub fn node(&self) -> Option<&Node> {
+        self.core.node.as_ref()
+    }
+
+    pub fn status(&self) -> StreamStatus {
+        self.core.status(StreamKind::Delta)
+    }
+
+    /// Handles one request; `set` is the latest published snapshot set, if any.
+    pub fn on_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        set: Option<&SnapshotSet>,
+    ) -> Result<Outcome<DeltaDiscoveryResponse>, ProtocolError> {
+        self.core.accept_node(req.node)?;
+        let ty = self.core.scope.resolve(&req.type_url)?;
+        let mut out = Outcome::default();
+        let state = &mut self.core.types[ty.index()];
+        if !req.response_nonce.is_empty() {
+            let error = req.error_detail.map(|status| status.message);
+            let sent_version = state.pending.as_ref().map(|p| p.version.clone());
+            match state.answer(ty, &req.response_nonce, error, || {
+                sent_version.unwrap_or_default()
+            }) {
+                Some(event) => out.events.push(event),
+                // A stale nonce voids the ACK, not the subscription changes: in Delta
+                // those are increments and must not be lost.
+                None => out.events.push(Event::StaleNonce {
+                    ty,
+                    nonce: req.response_nonce.clone(),
+                }),
+            }
+        }
+        let first = !state.requested;
+        if first {
+            self.initial_versions[ty.index()] = req.initial_resource_versions;
+        }
+        state.requested = true;
+        let change = state.subscription.apply_delta(
+            first,
+            &req.resource_names_subscribe,
+            &req.resource_names_unsubscribe,
+        );
+        if !first {
+            state.newly_subscribed.extend(change.added);
+            for name in &req.resource_names_unsubscribe {
+                state.newly_subscribed.remove(name);
+            }
+            state.newly_wildcard |= change.wildcard_added;
+        }
+        if let Some(snapshot) = self.core.snapshot(set) {
+            out.responses.extend(self.respond(ty, snapshot));
+        }
+        Ok(out)
+    }
+
+    /// Handles a newly published snapshot set: responses in make-before-break order.
+    pub fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<DeltaDiscoveryResponse> {
+        let mut out = Outcome::default();
+        if let Some(snapshot) = self.core.snapshot(Some(set)) {
+            for ty in self.core.types_in_order() {
+                out.responses.extend(self.respond(ty, snapshot));
+            }
+        }
+        out
+    }
+
+    fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot) -> Option<DeltaDiscoveryResponse> {
+        let state = &mut self.core.types[ty.index()];
+        if !state.ready_to_send() {
+            return None;
+        }
+        let current = snapshot.resources(ty);
+        let mut upserts: BTreeMap<&Arc<str>, &Resource> = BTreeMap::new();
+        let mut removed: Vec<String> = Vec::new();
+        let first_response = state.sent.is_none();
+        match &state.sent {
+            None => {
+                let known = std::mem::take(&mut self.initial_versions[ty.index()]);
+                for resource in state.subscribed(current) {
+                    if known.get(&**resource.name()) != Some(&resource.version().to_string()) {
+                        upserts.insert(resource.name(), resource);
+                    }
+                }
+                removed.extend(
+                    known
+                        .into_keys()
+                        .filter(|name| current.get(name).is_none())
+                        .filter(|name| state.subscription.contains(name)),
+                );
+                removed.sort();
+            }
+            Some(previous) => {
+                for change in previous.changes_to(current) {
+                    if !state.subscription.contains(change.name()) {
+                        continue;
+                    }
+                    match change {
+                        Change::Upserted(r) => {
+                            upserts.insert(r.name(), r);
+                        }
+                        Change::Removed(name) => removed.push(name.to_string()),
+                    }
+                }
+                for resource in state.newly(current) {
+                    upserts.insert(resource.name(), resource);
+                }
+            }
+        }
+        // A wildcard subscriber's first answer is sent even when empty: Envoy's
+        // initialization waits for the first CDS and LDS response.
+        let must_answer = first_response && state.subscription.wildcard;
+        if upserts.is_empty() && removed.is_empty() && !must_answer {
+            state.mark_sent(current);
+            return None;
+        }
+        let version = current.version().to_string();
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources: upserts
+                .into_values()
+                .map(|r| DeltaResource {
+                    name: r.name().to_string(),
+                    version: r.version().to_string(),
+                    resource: Some(r.body().clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: ty.type_url().to_owned(),
+            removed_resources: removed,
+            ..Default::default()
+        };
+        state.mark_sent(current);
+        let nonce = self.core.next_nonce();
+        self.core.types[ty.index()].start_pending(nonce.clone(), version);
+        Some(DeltaDiscoveryResponse { nonce, ..response })
+    }
+}

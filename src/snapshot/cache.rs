@@ -1,0 +1,101 @@
+//! Publication: one writer swaps in whole snapshot sets; every stream is notified and
+//! reads the latest one (a slow stream skips intermediate sets, it never queues them).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::Snapshot;
+
+/// The group of nodes that don't need a snapshot of their own.
+pub const DEFAULT_GROUP: &str = "";
+
+/// The snapshots served to each group of nodes (nodes that get the same resources,
+/// for example all nodes binding the same listener families).
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotSet {
+    groups: BTreeMap<Arc<str>, Snapshot>,
+}
+
+impl SnapshotSet {
+    /// One snapshot for every node.
+    pub fn single(snapshot: Snapshot) -> Self {
+        let mut set = SnapshotSet::default();
+        set.insert(DEFAULT_GROUP, snapshot);
+        set
+    }
+
+    pub fn insert(&mut self, group: &str, snapshot: Snapshot) {
+        self.groups.insert(Arc::from(group), snapshot);
+    }
+
+    pub fn get(&self, group: &str) -> Option<&Snapshot> {
+        self.groups.get(group)
+    }
+
+    pub fn groups(&self) -> impl Iterator<Item = (&str, &Snapshot)> {
+        self.groups.iter().map(|(k, v)| (&**k, v))
+    }
+}
+
+/// The writer side: holds the latest published set. Nothing is served before the
+/// first [`SnapshotCache::publish`] (the initial-sync gate).
+#[derive(Debug, Clone)]
+pub struct SnapshotCache {
+    tx: Arc<watch::Sender<Option<Arc<SnapshotSet>>>>,
+}
+
+impl Default for SnapshotCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SnapshotCache {
+    pub fn new() -> Self {
+        let (tx, _) = watch::channel(None);
+        SnapshotCache { tx: Arc::new(tx) }
+    }
+
+    /// Replaces the served set atomically and wakes every stream.
+    pub fn publish(&self, set: SnapshotSet) {
+        self.tx.send_replace(Some(Arc::new(set)));
+    }
+
+    /// The latest published set, if any.
+    pub fn current(&self) -> Option<Arc<SnapshotSet>> {
+        self.tx.borrow().clone()
+    }
+
+    /// Whether a first set has been published.
+    pub fn is_ready(&self) -> bool {
+        self.tx.borrow().is_some()
+    }
+
+    /// A receiver for streams.
+    pub fn watch(&self) -> SnapshotWatch {
+        SnapshotWatch {
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+/// A stream's view of the cache: the latest set, and a wake-up when it changes.
+#[derive(Debug)]
+pub struct SnapshotWatch {
+    rx: watch::Receiver<Option<Arc<SnapshotSet>>>,
+}
+
+impl SnapshotWatch {
+    /// The latest set, marking it seen.
+    pub fn latest(&mut self) -> Option<Arc<SnapshotSet>> {
+        self.rx.borrow_and_update().clone()
+    }
+
+    /// Waits until a set newer than the last seen one is published. Returns `false`
+    /// when the cache is gone.
+    pub async fn changed(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+}

@@ -1,0 +1,242 @@
+//! The "snapshot" stage: immutable, content-versioned sets of resources, published
+//! atomically to every xDS stream.
+//!
+//! A [`Snapshot`] holds one [`TypeSnapshot`] per [`ResourceType`]. Each is a persistent
+//! map (structure shared between versions), so deriving a new snapshot from the last
+//! one costs in proportion to the change, and streams diff the snapshot they last sent
+//! against the current one without visiting what both share.
+
+mod cache;
+#[doc(hidden)]
+pub mod fixtures;
+mod resource;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use imbl::OrdMap;
+
+pub use cache::{SnapshotCache, SnapshotSet, SnapshotWatch, DEFAULT_GROUP};
+pub use resource::{Resource, ResourceType, Version, XdsResource};
+
+/// All resources of one type, with the version of the whole set.
+#[derive(Clone, Debug, Default)]
+pub struct TypeSnapshot {
+    resources: OrdMap<Arc<str>, Resource>,
+    /// Sum of per-resource hashes: order-independent, updated in O(1) per change.
+    version: Version,
+}
+
+/// What changed for one name between two [`TypeSnapshot`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// Added, or content changed.
+    Upserted(&'a Resource),
+    /// No longer present.
+    Removed(&'a Arc<str>),
+}
+
+impl Change<'_> {
+    /// The name of the resource that changed.
+    pub fn name(&self) -> &Arc<str> {
+        match self {
+            Change::Upserted(r) => r.name(),
+            Change::Removed(name) => name,
+        }
+    }
+}
+
+impl TypeSnapshot {
+    /// The SotW `version_info` of this type: a hash over every resource's name and version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Resource> {
+        self.resources.get(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// Resources in name order.
+    pub fn iter(&self) -> impl Iterator<Item = &Resource> {
+        self.resources.values()
+    }
+
+    /// The changes that turn `self` into `newer`. Shared structure is skipped, so the
+    /// cost follows the size of the change, not of the snapshot.
+    pub fn changes_to<'a>(&'a self, newer: &'a TypeSnapshot) -> impl Iterator<Item = Change<'a>> {
+        self.resources.diff(&newer.resources).map(|item| match item {
+            imbl::ordmap::DiffItem::Add(_, r) => Change::Upserted(r),
+            imbl::ordmap::DiffItem::Update { new: (_, r), .. } => Change::Upserted(r),
+            imbl::ordmap::DiffItem::Remove(name, _) => Change::Removed(name),
+        })
+    }
+
+    fn insert(&mut self, resource: Resource) -> Option<Resource> {
+        self.version.0 = self.version.0.wrapping_add(entry_hash(&resource));
+        let old = self.resources.insert(resource.name().clone(), resource);
+        if let Some(old) = &old {
+            self.version.0 = self.version.0.wrapping_sub(entry_hash(old));
+        }
+        old
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Resource> {
+        let old = self.resources.remove(name)?;
+        self.version.0 = self.version.0.wrapping_sub(entry_hash(&old));
+        Some(old)
+    }
+}
+
+fn entry_hash(resource: &Resource) -> u128 {
+    let mut buf = Vec::with_capacity(resource.name().len() + 17);
+    buf.extend_from_slice(resource.name().as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&resource.version().0.to_le_bytes());
+    xxhash_rust::xxh3::xxh3_128(&buf)
+}
+
+/// An immutable, consistent set of resources of every type. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    types: [TypeSnapshot; 4],
+    /// How many resources reference each EDS / RDS name (consistency bookkeeping).
+    referenced: [OrdMap<Arc<str>, u32>; 4],
+}
+
+impl Snapshot {
+    pub fn resources(&self, ty: ResourceType) -> &TypeSnapshot {
+        &self.types[ty.index()]
+    }
+
+    /// Starts a change based on this snapshot.
+    pub fn edit(&self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            next: self.clone(),
+            touched: Default::default(),
+        }
+    }
+
+    /// Builds a snapshot from scratch.
+    pub fn builder() -> SnapshotBuilder {
+        Snapshot::default().edit()
+    }
+}
+
+/// The consistency rules a snapshot failed: it is not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("inconsistent snapshot: {}", .problems.join("; "))]
+pub struct InconsistentSnapshot {
+    pub problems: Vec<String>,
+}
+
+/// Changes to a [`Snapshot`], checked for consistency when built.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    next: Snapshot,
+    /// EDS / RDS names whose presence or references changed, per type: only these need
+    /// checking, which keeps a small change cheap.
+    touched: [BTreeSet<Arc<str>>; 4],
+}
+
+impl SnapshotBuilder {
+    /// Adds or replaces a resource, encoding it once.
+    pub fn upsert<R: XdsResource>(&mut self, message: &R) -> &mut Self {
+        self.upsert_resource(R::TYPE, Resource::new(message))
+    }
+
+    /// Adds or replaces an already encoded resource.
+    pub fn upsert_resource(&mut self, ty: ResourceType, resource: Resource) -> &mut Self {
+        if self.next.types[ty.index()].get(resource.name()) == Some(&resource) {
+            return self;
+        }
+        self.add_references(ty, &resource);
+        if ty.referenced_type().is_none() {
+            self.touched[ty.index()].insert(resource.name().clone());
+        }
+        if let Some(old) = self.next.types[ty.index()].insert(resource) {
+            self.drop_references(ty, &old);
+        }
+        self
+    }
+
+    /// Removes a resource if present.
+    pub fn remove(&mut self, ty: ResourceType, name: &str) -> &mut Self {
+        if let Some(old) = self.next.types[ty.index()].remove(name) {
+            if ty.referenced_type().is_none() {
+                self.touched[ty.index()].insert(old.name().clone());
+            }
+            self.drop_references(ty, &old);
+        }
+        self
+    }
+
+    fn add_references(&mut self, ty: ResourceType, resource: &Resource) {
+        let Some(target) = ty.referenced_type() else {
+            return;
+        };
+        for name in resource.references() {
+            *self.next.referenced[target.index()]
+                .entry(name.clone())
+                .or_insert(0) += 1;
+            self.touched[target.index()].insert(name.clone());
+        }
+    }
+
+    fn drop_references(&mut self, ty: ResourceType, resource: &Resource) {
+        let Some(target) = ty.referenced_type() else {
+            return;
+        };
+        let counts = &mut self.next.referenced[target.index()];
+        for name in resource.references() {
+            if let Some(count) = counts.get_mut(name) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(name);
+                }
+            }
+            self.touched[target.index()].insert(name.clone());
+        }
+    }
+
+    /// Checks that every ClusterLoadAssignment is named by a cluster and every
+    /// RouteConfiguration by a listener, and that every such name exists, as
+    /// go-control-plane's `Consistent` does. Only touched names are checked.
+    pub fn build(self) -> Result<Snapshot, InconsistentSnapshot> {
+        let mut problems = Vec::new();
+        for ty in [ResourceType::Endpoint, ResourceType::Route] {
+            let present = &self.next.types[ty.index()];
+            let referenced = &self.next.referenced[ty.index()];
+            let by = match ty {
+                ResourceType::Endpoint => "cluster",
+                _ => "listener",
+            };
+            for name in &self.touched[ty.index()] {
+                match (present.get(name).is_some(), referenced.contains_key(name)) {
+                    (true, false) => problems.push(format!(
+                        "{ty} resource {name:?} is not referenced by any {by}"
+                    )),
+                    (false, true) => problems.push(format!(
+                        "a {by} references {ty} resource {name:?}, which is missing"
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(self.next)
+        } else {
+            Err(InconsistentSnapshot { problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

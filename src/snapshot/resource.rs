@@ -1,0 +1,246 @@
+//! One xDS resource, encoded once: the bytes every client receives and the content hash
+//! that versions them.
+
+use std::fmt;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::RouteSpecifier, HttpConnectionManager,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+
+/// The resource types this server serves, in make-before-break order: clusters before
+/// their endpoints, listeners before their routes (Envoy's `xds_protocol`, "eventual
+/// consistency considerations").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl ResourceType {
+    /// Every type, in the order an ADS stream sends them.
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
+
+    /// The type URL clients put in requests.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ResourceType::Endpoint => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
+            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    /// The type for a type URL, or `None` for a type this server does not serve.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// Short lowercase name used in logs and metric labels (`cds`, `eds`, `lds`, `rds`).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "cds",
+            ResourceType::Endpoint => "eds",
+            ResourceType::Listener => "lds",
+            ResourceType::Route => "rds",
+        }
+    }
+
+    /// Listener and Cluster responses carry the complete state of the world in SotW;
+    /// the other types are sent resource by resource, as in Delta (`xds_protocol`,
+    /// "Grouping resources into responses").
+    pub fn sotw_full_state(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    /// The type whose names this type's resources reference: clusters name their
+    /// ClusterLoadAssignment, listeners their RouteConfigurations.
+    pub fn referenced_type(self) -> Option<ResourceType> {
+        match self {
+            ResourceType::Cluster => Some(ResourceType::Endpoint),
+            ResourceType::Listener => Some(ResourceType::Route),
+            ResourceType::Endpoint | ResourceType::Route => None,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short_name())
+    }
+}
+
+/// A content hash: the same bytes give the same version in every process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Version(pub(crate) u128);
+
+impl Version {
+    fn of_bytes(bytes: &[u8]) -> Self {
+        Version(xxhash_rust::xxh3::xxh3_128(bytes))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+/// An Envoy resource message this server can serve.
+pub trait XdsResource: Message + Name {
+    /// Its xDS type.
+    const TYPE: ResourceType;
+    /// The name clients subscribe to.
+    fn resource_name(&self) -> &str;
+    /// Names of resources of [`ResourceType::referenced_type`] it depends on.
+    fn references(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl XdsResource for Cluster {
+    const TYPE: ResourceType = ResourceType::Cluster;
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+    fn references(&self) -> Vec<String> {
+        let is_eds = matches!(
+            self.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+        );
+        if !is_eds {
+            return Vec::new();
+        }
+        let service_name = self
+            .eds_cluster_config
+            .as_ref()
+            .map(|c| c.service_name.as_str())
+            .filter(|s| !s.is_empty())
+            .unwrap_or(&self.name);
+        vec![service_name.to_owned()]
+    }
+}
+
+impl XdsResource for ClusterLoadAssignment {
+    const TYPE: ResourceType = ResourceType::Endpoint;
+    fn resource_name(&self) -> &str {
+        &self.cluster_name
+    }
+}
+
+impl XdsResource for Listener {
+    const TYPE: ResourceType = ResourceType::Listener;
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+    fn references(&self) -> Vec<String> {
+        let chain_filters = self
+            .filter_chains
+            .iter()
+            .chain(self.default_filter_chain.as_ref())
+            .flat_map(|chain| chain.filters.iter())
+            .filter_map(|filter| match &filter.config_type {
+                Some(
+                    envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
+                        any,
+                    ),
+                ) => Some(any),
+                _ => None,
+            });
+        let api_listener = self
+            .api_listener
+            .as_ref()
+            .and_then(|api| api.api_listener.as_ref());
+        let mut names: Vec<String> = chain_filters
+            .chain(api_listener)
+            .filter(|any| any.type_url == HttpConnectionManager::type_url())
+            .filter_map(|any| HttpConnectionManager::decode(any.value.as_slice()).ok())
+            .filter_map(|hcm| match hcm.route_specifier {
+                Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+impl XdsResource for RouteConfiguration {
+    const TYPE: ResourceType = ResourceType::Route;
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A resource as served: encoded once, shared by every stream.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    name: Arc<str>,
+    version: Version,
+    body: Arc<Any>,
+    references: Arc<[Arc<str>]>,
+}
+
+impl Resource {
+    /// Encodes `message` once; its version is the hash of the encoded bytes.
+    pub fn new<R: XdsResource>(message: &R) -> Self {
+        let value = message.encode_to_vec();
+        let references: Vec<Arc<str>> = message.references().into_iter().map(Arc::from).collect();
+        Resource {
+            name: Arc::from(message.resource_name()),
+            version: Version::of_bytes(&value),
+            body: Arc::new(Any {
+                type_url: R::TYPE.type_url().to_owned(),
+                value,
+            }),
+            references: references.into(),
+        }
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The encoded resource, ready to be put in a response.
+    pub fn body(&self) -> &Any {
+        &self.body
+    }
+
+    /// Names this resource depends on (see [`XdsResource::references`]).
+    pub fn references(&self) -> &[Arc<str>] {
+        &self.references
+    }
+}
+
+/// Two resources are equal when their content is: this is what snapshot diffs compare.
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.name == other.name
+    }
+}
+
+impl Eq for Resource {}

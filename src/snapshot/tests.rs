@@ -1,0 +1,137 @@
+use super::fixtures::*;
+use super::*;
+
+fn one_service(endpoint_port: u16) -> Snapshot {
+    let mut b = Snapshot::builder();
+    b.upsert(&eds_cluster("web"))
+        .upsert(&load_assignment("web", &[("10.0.0.1", endpoint_port)]))
+        .upsert(&http_listener("web-v4", "0.0.0.0", 8080, "web-routes"))
+        .upsert(&route_to("web-routes", "web"));
+    b.build().expect("consistent")
+}
+
+#[test]
+fn versions_are_content_hashes_identical_across_builds() {
+    let a = one_service(80);
+    let b = one_service(80);
+    for ty in ResourceType::ALL {
+        assert_eq!(a.resources(ty).version(), b.resources(ty).version(), "{ty}");
+        assert_eq!(a.resources(ty).len(), 1);
+    }
+    let c = one_service(81);
+    assert_ne!(
+        a.resources(ResourceType::Endpoint).version(),
+        c.resources(ResourceType::Endpoint).version()
+    );
+    assert_eq!(
+        a.resources(ResourceType::Cluster).version(),
+        c.resources(ResourceType::Cluster).version()
+    );
+}
+
+#[test]
+fn type_version_does_not_depend_on_insertion_order() {
+    let mut x = Snapshot::builder();
+    x.upsert(&eds_cluster("a")).upsert(&eds_cluster("b"));
+    x.upsert(&load_assignment("a", &[])).upsert(&load_assignment("b", &[]));
+    let mut y = Snapshot::builder();
+    y.upsert(&load_assignment("b", &[])).upsert(&load_assignment("a", &[]));
+    y.upsert(&eds_cluster("b")).upsert(&eds_cluster("a"));
+    let (x, y) = (x.build().unwrap(), y.build().unwrap());
+    assert_eq!(
+        x.resources(ResourceType::Cluster).version(),
+        y.resources(ResourceType::Cluster).version()
+    );
+    // Removing and re-adding comes back to the same version.
+    let mut z = x.edit();
+    z.remove(ResourceType::Cluster, "b").remove(ResourceType::Endpoint, "b");
+    let z = z.build().unwrap();
+    assert_ne!(
+        z.resources(ResourceType::Cluster).version(),
+        x.resources(ResourceType::Cluster).version()
+    );
+    let mut w = z.edit();
+    w.upsert(&eds_cluster("b")).upsert(&load_assignment("b", &[]));
+    assert_eq!(
+        w.build().unwrap().resources(ResourceType::Cluster).version(),
+        x.resources(ResourceType::Cluster).version()
+    );
+}
+
+#[test]
+fn endpoints_nobody_references_are_refused() {
+    let mut b = Snapshot::builder();
+    b.upsert(&load_assignment("orphan", &[]));
+    let err = b.build().unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert!(err.problems[0].contains("\"orphan\" is not referenced by any cluster"), "{err}");
+}
+
+#[test]
+fn a_cluster_without_its_endpoints_is_refused() {
+    let mut b = Snapshot::builder();
+    b.upsert(&eds_cluster("web"));
+    let err = b.build().unwrap_err();
+    assert!(err.to_string().contains("missing"), "{err}");
+}
+
+#[test]
+fn routes_must_be_named_by_a_listener() {
+    let base = one_service(80);
+    let mut b = base.edit();
+    b.upsert(&route_to("stray", "web"));
+    assert!(b.build().is_err());
+    // Removing the listener but keeping its route is inconsistent too.
+    let mut b = base.edit();
+    b.remove(ResourceType::Listener, "web-v4");
+    let err = b.build().unwrap_err();
+    assert!(err.to_string().contains("web-routes"), "{err}");
+    // Removing both is fine.
+    let mut b = base.edit();
+    b.remove(ResourceType::Listener, "web-v4")
+        .remove(ResourceType::Route, "web-routes");
+    assert!(b.build().is_ok());
+}
+
+#[test]
+fn a_cluster_shared_reference_survives_one_removal() {
+    let mut c2 = eds_cluster("web-copy");
+    c2.eds_cluster_config.as_mut().unwrap().service_name = "web".into();
+    let mut b = one_service(80).edit();
+    b.upsert(&c2);
+    let s = b.build().unwrap();
+    let mut b = s.edit();
+    b.remove(ResourceType::Cluster, "web");
+    assert!(b.build().is_ok(), "web-copy still references the endpoints");
+}
+
+#[test]
+fn diff_reports_only_what_changed() {
+    let mut b = Snapshot::builder();
+    for i in 0..1000 {
+        let name = format!("c{i}");
+        b.upsert(&eds_cluster(&name))
+            .upsert(&load_assignment(&name, &[("10.0.0.1", 80)]));
+    }
+    let before = b.build().unwrap();
+    let mut b = before.edit();
+    b.upsert(&load_assignment("c500", &[("10.0.0.2", 80)]));
+    b.upsert(&load_assignment("c7", &[("10.0.0.1", 80)])); // unchanged content
+    let after = b.build().unwrap();
+    let old = before.resources(ResourceType::Endpoint);
+    let new = after.resources(ResourceType::Endpoint);
+    let changes: Vec<_> = old.changes_to(new).map(|c| c.name().to_string()).collect();
+    assert_eq!(changes, vec!["c500".to_string()]);
+    assert_eq!(
+        before.resources(ResourceType::Cluster).changes_to(after.resources(ResourceType::Cluster)).count(),
+        0
+    );
+}
+
+#[test]
+fn listener_references_its_rds_route() {
+    let l = http_listener("l", "0.0.0.0", 80, "r");
+    assert_eq!(XdsResource::references(&l), vec!["r".to_string()]);
+    let t = tcp_listener("t", "0.0.0.0", 81, "c");
+    assert!(XdsResource::references(&t).is_empty());
+}
