@@ -12,7 +12,11 @@ use crate::server::{single_group, ClientRegistry, XdsServer};
 use crate::snapshot::{Snapshot, SnapshotCache, SnapshotSet};
 
 #[derive(Debug, Parser)]
-#[command(name = "dualstack-xds", version, about = "xDS control plane for dual-stack (NAT64/NAT46) Envoy ingresses")]
+#[command(
+    name = "dualstack-xds",
+    version,
+    about = "xDS control plane for dual-stack (NAT64/NAT46) Envoy ingresses"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,7 +80,9 @@ impl Serve {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -52,7 +52,11 @@ struct Inner {
 }
 
 impl XdsServer {
-    pub fn new(cache: SnapshotCache, grouping: NodeGrouping, registry: Arc<ClientRegistry>) -> Self {
+    pub fn new(
+        cache: SnapshotCache,
+        grouping: NodeGrouping,
+        registry: Arc<ClientRegistry>,
+    ) -> Self {
         XdsServer {
             inner: Arc::new(Inner {
                 cache,
@@ -106,7 +110,11 @@ impl XdsServer {
         inbound: Streaming<M::Request>,
     ) -> ReceiverStream<Result<M::Response, Status>> {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let span = info_span!("xds_stream", kind = machine.status().kind.as_str(), node_id = field::Empty);
+        let span = info_span!(
+            "xds_stream",
+            kind = machine.status().kind.as_str(),
+            node_id = field::Empty
+        );
         tokio::spawn(drive(machine, inbound, tx, self.inner.clone()).instrument(span));
         ReceiverStream::new(rx)
     }
@@ -239,11 +247,17 @@ async fn drive<M: Machine>(
         for event in &outcome.events {
             match event {
                 Event::Ack { ty, version } => debug!(r#type = %ty, %version, "ack"),
-                Event::Nack { ty, version, message } => {
+                Event::Nack {
+                    ty,
+                    version,
+                    message,
+                } => {
                     metrics.nack(*ty);
                     warn!(r#type = %ty, %version, error = %message, "client rejected configuration (NACK)");
                 }
-                Event::StaleNonce { ty, nonce } => debug!(r#type = %ty, %nonce, "ignoring stale nonce"),
+                Event::StaleNonce { ty, nonce } => {
+                    debug!(r#type = %ty, %nonce, "ignoring stale nonce")
+                }
             }
         }
         if !outcome.responses.is_empty() || !outcome.events.is_empty() {
@@ -273,14 +287,18 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwStreamOut>, Status> {
-        Ok(Response::new(self.open_sotw(Scope::Aggregated, request.into_inner())))
+        Ok(Response::new(
+            self.open_sotw(Scope::Aggregated, request.into_inner()),
+        ))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStreamOut>, Status> {
-        Ok(Response::new(self.open_delta(Scope::Aggregated, request.into_inner())))
+        Ok(Response::new(
+            self.open_delta(Scope::Aggregated, request.into_inner()),
+        ))
     }
 }
 
@@ -296,14 +314,18 @@ macro_rules! per_type_service {
                 &self,
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<SotwStreamOut>, Status> {
-                Ok(Response::new(self.open_sotw(Scope::Single($ty), request.into_inner())))
+                Ok(Response::new(
+                    self.open_sotw(Scope::Single($ty), request.into_inner()),
+                ))
             }
 
             async fn $delta(
                 &self,
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaStreamOut>, Status> {
-                Ok(Response::new(self.open_delta(Scope::Single($ty), request.into_inner())))
+                Ok(Response::new(
+                    self.open_delta(Scope::Single($ty), request.into_inner()),
+                ))
             }
 
             async fn $fetch(

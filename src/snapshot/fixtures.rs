@@ -120,7 +120,9 @@ pub fn http_listener(name: &str, ip: &str, port: u16, route: &str) -> Listener {
         })),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+            config_type: Some(http_filter::ConfigType::TypedConfig(
+                any(&Router::default()),
+            )),
             ..Default::default()
         }],
         ..Default::default()

@@ -72,11 +72,13 @@ impl TypeSnapshot {
     /// The changes that turn `self` into `newer`. Shared structure is skipped, so the
     /// cost follows the size of the change, not of the snapshot.
     pub fn changes_to<'a>(&'a self, newer: &'a TypeSnapshot) -> impl Iterator<Item = Change<'a>> {
-        self.resources.diff(&newer.resources).map(|item| match item {
-            imbl::ordmap::DiffItem::Add(_, r) => Change::Upserted(r),
-            imbl::ordmap::DiffItem::Update { new: (_, r), .. } => Change::Upserted(r),
-            imbl::ordmap::DiffItem::Remove(name, _) => Change::Removed(name),
-        })
+        self.resources
+            .diff(&newer.resources)
+            .map(|item| match item {
+                imbl::ordmap::DiffItem::Add(_, r) => Change::Upserted(r),
+                imbl::ordmap::DiffItem::Update { new: (_, r), .. } => Change::Upserted(r),
+                imbl::ordmap::DiffItem::Remove(name, _) => Change::Removed(name),
+            })
     }
 
     fn insert(&mut self, resource: Resource) -> Option<Resource> {

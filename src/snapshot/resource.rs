@@ -4,7 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;

@@ -33,9 +33,11 @@ fn versions_are_content_hashes_identical_across_builds() {
 fn type_version_does_not_depend_on_insertion_order() {
     let mut x = Snapshot::builder();
     x.upsert(&eds_cluster("a")).upsert(&eds_cluster("b"));
-    x.upsert(&load_assignment("a", &[])).upsert(&load_assignment("b", &[]));
+    x.upsert(&load_assignment("a", &[]))
+        .upsert(&load_assignment("b", &[]));
     let mut y = Snapshot::builder();
-    y.upsert(&load_assignment("b", &[])).upsert(&load_assignment("a", &[]));
+    y.upsert(&load_assignment("b", &[]))
+        .upsert(&load_assignment("a", &[]));
     y.upsert(&eds_cluster("b")).upsert(&eds_cluster("a"));
     let (x, y) = (x.build().unwrap(), y.build().unwrap());
     assert_eq!(
@@ -44,16 +46,21 @@ fn type_version_does_not_depend_on_insertion_order() {
     );
     // Removing and re-adding comes back to the same version.
     let mut z = x.edit();
-    z.remove(ResourceType::Cluster, "b").remove(ResourceType::Endpoint, "b");
+    z.remove(ResourceType::Cluster, "b")
+        .remove(ResourceType::Endpoint, "b");
     let z = z.build().unwrap();
     assert_ne!(
         z.resources(ResourceType::Cluster).version(),
         x.resources(ResourceType::Cluster).version()
     );
     let mut w = z.edit();
-    w.upsert(&eds_cluster("b")).upsert(&load_assignment("b", &[]));
+    w.upsert(&eds_cluster("b"))
+        .upsert(&load_assignment("b", &[]));
     assert_eq!(
-        w.build().unwrap().resources(ResourceType::Cluster).version(),
+        w.build()
+            .unwrap()
+            .resources(ResourceType::Cluster)
+            .version(),
         x.resources(ResourceType::Cluster).version()
     );
 }
@@ -64,7 +71,10 @@ fn endpoints_nobody_references_are_refused() {
     b.upsert(&load_assignment("orphan", &[]));
     let err = b.build().unwrap_err();
     assert_eq!(err.problems.len(), 1);
-    assert!(err.problems[0].contains("\"orphan\" is not referenced by any cluster"), "{err}");
+    assert!(
+        err.problems[0].contains("\"orphan\" is not referenced by any cluster"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -123,7 +133,10 @@ fn diff_reports_only_what_changed() {
     let changes: Vec<_> = old.changes_to(new).map(|c| c.name().to_string()).collect();
     assert_eq!(changes, vec!["c500".to_string()]);
     assert_eq!(
-        before.resources(ResourceType::Cluster).changes_to(after.resources(ResourceType::Cluster)).count(),
+        before
+            .resources(ResourceType::Cluster)
+            .changes_to(after.resources(ResourceType::Cluster))
+            .count(),
         0
     );
 }

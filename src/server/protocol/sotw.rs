@@ -146,4 +146,3 @@ impl SotwStream {
         Some(DiscoveryResponse { nonce, ..response })
     }
 }
-
