@@ -1,0 +1,228 @@
+//! Test rig shared by the integration tests: the server in-process on `127.0.0.1:0`,
+//! real Envoy processes, and polling helpers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dualstack_xds::server::{single_group, ClientRegistry, XdsServer};
+use dualstack_xds::snapshot::SnapshotCache;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// The server under test, stopped when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub cache: SnapshotCache,
+    pub registry: Arc<ClientRegistry>,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn start_server() -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cache = SnapshotCache::new();
+    let registry = ClientRegistry::new();
+    let server = XdsServer::new(cache.clone(), single_group(), registry.clone());
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(server.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        addr,
+        cache,
+        registry,
+        _stop: stop,
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The Envoy binary the rig installed. Missing is an error, never a skip: CI runs
+/// every real-Envoy test.
+pub fn envoy_binary() -> PathBuf {
+    let path = std::env::var_os("DUALSTACK_XDS_ENVOY").unwrap_or_else(|| {
+        panic!("DUALSTACK_XDS_ENVOY is not set: run the tests through scripts/test.sh, which installs Envoy")
+    });
+    PathBuf::from(path)
+}
+
+/// Distinct per Envoy, so several run at once.
+fn next_base_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    (std::process::id() % 10_000) * 100 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A real Envoy process configured only by the server under test; killed on drop.
+pub struct Envoy {
+    child: Child,
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Envoy {
+    /// Starts Envoy with a bootstrap from `envoy/`, pointed at `xds`.
+    pub async fn start(bootstrap: &str, xds: SocketAddr, node_id: &str) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(repo_path(bootstrap)).unwrap();
+        assert!(text.contains("port_value: 18000") && text.contains("port_value: 9901"));
+        let text = text
+            .replace("port_value: 18000", &format!("port_value: {}", xds.port()))
+            .replace("port_value: 9901", "port_value: 0");
+        let config = dir.path().join("bootstrap.yaml");
+        std::fs::write(&config, text).unwrap();
+        let admin_path = dir.path().join("admin");
+        let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
+        let child = Command::new(envoy_binary())
+            .arg("-c")
+            .arg(&config)
+            .arg("--service-node")
+            .arg(node_id)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .arg("--disable-hot-restart")
+            .arg("--base-id")
+            .arg(next_base_id().to_string())
+            .args(["--log-level", "info", "--concurrency", "1"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting envoy");
+        let admin = eventually("envoy's admin address", Duration::from_secs(20), || {
+            let path = admin_path.clone();
+            async move {
+                let text = std::fs::read_to_string(&path).ok()?;
+                text.trim().parse::<SocketAddr>().ok()
+            }
+        })
+        .await;
+        Envoy {
+            child,
+            admin,
+            _dir: dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// GET on the admin API.
+    pub async fn admin_get(&self, path: &str) -> String {
+        self.http
+            .get(format!("http://{}{}", self.admin, path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// A counter from `/stats`, or 0 when Envoy has not created it yet.
+    pub async fn stat(&self, name: &str) -> u64 {
+        let text = self
+            .admin_get(&format!("/stats?filter=^{}$", name.replace('.', "\\.")))
+            .await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until a stat reaches at least `min`.
+    pub async fn wait_stat(&self, name: &str, min: u64) -> u64 {
+        eventually(&format!("{name} >= {min}"), Duration::from_secs(20), || async {
+            let v = self.stat(name).await;
+            (v >= min).then_some(v)
+        })
+        .await
+    }
+
+    /// Envoy's own log, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("envoy.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP echo server on 127.0.0.1 that prefixes replies with `tag`.
+pub async fn echo_server(tag: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let mut reply = tag.as_bytes().to_vec();
+                    reply.extend_from_slice(&buf[..n]);
+                    if socket.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `msg` to `addr` over TCP and returns the reply, or `None` if that fails.
+pub async fn tcp_roundtrip(addr: SocketAddr, msg: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(msg.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.ok()?;
+        (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
