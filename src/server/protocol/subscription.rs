@@ -1,6 +1,7 @@
 //! What a client subscribes to for one type: a wildcard, names, or both.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 /// The explicit wildcard name (`xds_protocol`, "How the client specifies what resources to return").
 pub const WILDCARD: &str = "*";
@@ -8,10 +9,77 @@ pub const WILDCARD: &str = "*";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Subscription {
     pub wildcard: bool,
-    pub names: BTreeSet<String>,
+    pub names: Arc<NameSet>,
     /// The client has named resources at least once: from then on an empty SotW list
     /// means "nothing", not the legacy wildcard.
     named_before: bool,
+}
+
+/// A set of subscribed names with an order-independent digest of its contents.
+///
+/// A fleet of identical Envoys subscribes to the same EDS names, and every SotW ACK
+/// repeats the whole list: sets are shared between streams through [`NAME_SETS`], and a
+/// request whose digest equals the current set's is recognised without building a set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NameSet {
+    names: BTreeSet<String>,
+    digest: u128,
+}
+
+impl NameSet {
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &String> {
+        self.names.iter()
+    }
+    fn insert(&mut self, name: &str) -> bool {
+        let added = self.names.insert(name.to_owned());
+        if added {
+            self.digest = self.digest.wrapping_add(name_hash(name));
+        }
+        added
+    }
+    fn remove(&mut self, name: &str) -> bool {
+        let removed = self.names.remove(name);
+        if removed {
+            self.digest = self.digest.wrapping_sub(name_hash(name));
+        }
+        removed
+    }
+}
+
+fn name_hash(name: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(name.as_bytes())
+}
+
+/// Interned name sets, by digest. Entries die with the last stream holding them.
+static NAME_SETS: LazyLock<Mutex<HashMap<u128, Weak<NameSet>>>> = LazyLock::new(Default::default);
+
+/// The shared set for `names` (which hashes to `digest`), creating it if needed.
+fn intern(names: &[&String], digest: u128) -> Arc<NameSet> {
+    let mut sets = NAME_SETS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(set) = sets.get(&digest).and_then(Weak::upgrade) {
+        // A 128-bit content digest: equal digests are equal sets for any non-adversarial
+        // input, and a collision could only confuse the colliding client's own view.
+        return set;
+    }
+    let mut set = NameSet::default();
+    for name in names {
+        set.insert(name);
+    }
+    let set = Arc::new(set);
+    if sets.len() >= 64 && sets.len().is_power_of_two() {
+        sets.retain(|_, weak| weak.strong_count() > 0);
+    }
+    sets.insert(digest, Arc::downgrade(&set));
+    set
 }
 
 /// How a subscription changed.
@@ -31,22 +99,30 @@ impl Subscription {
     /// as long as the client has never named a resource of this type.
     pub fn replace(&mut self, requested: &[String]) -> SubscriptionChange {
         let (wildcard, names) = if requested.is_empty() && !self.named_before {
-            (true, BTreeSet::new())
+            (true, Arc::default())
         } else {
             self.named_before = true;
             let wildcard = requested.iter().any(|n| n == WILDCARD);
-            let names = requested
+            let named: Vec<&String> = requested.iter().filter(|n| *n != WILDCARD).collect();
+            let digest = named
                 .iter()
-                .filter(|n| *n != WILDCARD)
-                .cloned()
-                .collect::<BTreeSet<_>>();
+                .fold(0u128, |acc, n| acc.wrapping_add(name_hash(n)));
+            let names = if digest == self.names.digest && named.len() == self.names.len() {
+                self.names.clone()
+            } else {
+                intern(&named, digest)
+            };
             (wildcard, names)
         };
-        let change = SubscriptionChange {
-            added: names.difference(&self.names).cloned().collect(),
+        let mut change = SubscriptionChange {
             wildcard_added: wildcard && !self.wildcard,
-            changed: wildcard != self.wildcard || names != self.names,
+            changed: wildcard != self.wildcard,
+            ..Default::default()
         };
+        if !Arc::ptr_eq(&names, &self.names) {
+            change.added = names.names.difference(&self.names.names).cloned().collect();
+            change.changed |= names != self.names;
+        }
         self.wildcard = wildcard;
         self.names = names;
         change
@@ -69,7 +145,7 @@ impl Subscription {
             if name == WILDCARD {
                 change.wildcard_added |= !self.wildcard;
                 self.wildcard = true;
-            } else if self.names.insert(name.clone()) {
+            } else if Arc::make_mut(&mut self.names).insert(name) {
                 change.added.insert(name.clone());
             }
         }
@@ -77,7 +153,8 @@ impl Subscription {
             if name == WILDCARD {
                 self.wildcard = false;
                 change.changed = true;
-            } else if self.names.remove(name) {
+            } else if self.names.contains(name) {
+                Arc::make_mut(&mut self.names).remove(name);
                 change.added.remove(name);
                 change.changed = true;
             }
@@ -119,6 +196,25 @@ mod tests {
         assert!(s.wildcard && s.names.contains("a"));
         assert!(change.wildcard_added);
         assert_eq!(change.added, ["a".to_string()].into());
+    }
+
+    #[test]
+    fn identical_sotw_name_lists_share_one_set() {
+        let mut a = Subscription::default();
+        let mut b = Subscription::default();
+        a.replace(&names(&["x", "y", "z"]));
+        b.replace(&names(&["z", "x", "y"]));
+        assert!(Arc::ptr_eq(&a.names, &b.names));
+        // Repeating the list (every SotW ACK does) is no change.
+        let before = a.names.clone();
+        assert!(!a.replace(&names(&["y", "z", "x"])).changed);
+        assert!(Arc::ptr_eq(&a.names, &before));
+        // A Delta change to a shared set copies it; the other stream is unaffected.
+        b.apply_delta(false, &names(&["w"]), &[]);
+        assert!(b.contains("w") && !a.contains("w"));
+        let change = a.replace(&names(&["x", "y", "z", "w"]));
+        assert_eq!(change.added, ["w".to_string()].into());
+        assert_eq!(a.names, b.names);
     }
 
     #[test]
