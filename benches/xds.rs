@@ -243,7 +243,11 @@ async fn fan_out(
             );
             println!(
                 "  one EDS change, {}: p50 {p50:.1} ms, p99 {p99:.1} ms, every stream {max:.1} ms",
-                if hold_acks { "ACKs held" } else { "ACKs at once" }
+                if hold_acks {
+                    "ACKs held"
+                } else {
+                    "ACKs at once"
+                }
             );
             totals.push(max);
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -22,35 +22,52 @@ async fn snapshot_is_applied(bootstrap: &str) {
     let server = start_server().await;
     let backend = echo_server("v1:").await;
     let port = free_port();
-    server.cache.publish(SnapshotSet::single(tcp_service(backend, port)));
+    server
+        .cache
+        .publish(SnapshotSet::single(tcp_service(backend, port)));
     let envoy = Envoy::start(bootstrap, server.addr, "applied").await;
 
-    envoy.wait_stat("listener_manager.lds.update_success", 1).await;
-    envoy.wait_stat("cluster_manager.cds.update_success", 1).await;
+    envoy
+        .wait_stat("listener_manager.lds.update_success", 1)
+        .await;
+    envoy
+        .wait_stat("cluster_manager.cds.update_success", 1)
+        .await;
     let ingress: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let reply = eventually("traffic through the listener", Duration::from_secs(20), || {
-        tcp_roundtrip(ingress, "hello")
-    })
+    let reply = eventually(
+        "traffic through the listener",
+        Duration::from_secs(20),
+        || tcp_roundtrip(ingress, "hello"),
+    )
     .await;
     assert_eq!(reply, "v1:hello");
     let dump = envoy.admin_get("/config_dump?include_eds").await;
-    assert!(dump.contains("\"echo-tcp\""), "listener missing from config_dump");
+    assert!(
+        dump.contains("\"echo-tcp\""),
+        "listener missing from config_dump"
+    );
     assert!(dump.contains(&format!("\"port_value\": {}", backend.port())));
 
     // An endpoint change is an EDS push that reaches the data plane.
     let backend2 = echo_server("v2:").await;
     let mut next = server.cache.current().unwrap().get("").unwrap().edit();
     next.upsert(&load_assignment("echo", &[("127.0.0.1", backend2.port())]));
-    server.cache.publish(SnapshotSet::single(next.build().unwrap()));
-    eventually("traffic to the new endpoint", Duration::from_secs(20), || async {
-        let clusters = envoy.admin_get("/clusters?format=json").await;
-        if !clusters.contains(&format!("\"port_value\": {}", backend2.port())) {
-            return None;
-        }
-        tcp_roundtrip(ingress, "again")
-            .await
-            .filter(|r| r == "v2:again")
-    })
+    server
+        .cache
+        .publish(SnapshotSet::single(next.build().unwrap()));
+    eventually(
+        "traffic to the new endpoint",
+        Duration::from_secs(20),
+        || async {
+            let clusters = envoy.admin_get("/clusters?format=json").await;
+            if !clusters.contains(&format!("\"port_value\": {}", backend2.port())) {
+                return None;
+            }
+            tcp_roundtrip(ingress, "again")
+                .await
+                .filter(|r| r == "v2:again")
+        },
+    )
     .await;
     assert_eq!(envoy.stat("listener_manager.lds.update_rejected").await, 0);
     assert_eq!(envoy.stat("cluster_manager.cds.update_rejected").await, 0);
@@ -84,15 +101,30 @@ async fn rejected_snapshot_is_reported_and_not_resent(bootstrap: &str) {
     let good = tcp_service(backend, port);
     server.cache.publish(SnapshotSet::single(good.clone()));
     let envoy = Envoy::start(bootstrap, server.addr, "nacker").await;
-    envoy.wait_stat("listener_manager.lds.update_success", 1).await;
+    envoy
+        .wait_stat("listener_manager.lds.update_success", 1)
+        .await;
 
-    server.cache.publish(SnapshotSet::single(conflicting(backend, port)));
-    envoy.wait_stat("listener_manager.lds.update_rejected", 1).await;
-    let nack = eventually("the NACK reported by the server", Duration::from_secs(10), || async {
-        let clients = server.registry.clients();
-        let lds = clients.first()?.types.iter().find(|t| t.type_url.ends_with("Listener"))?.clone();
-        lds.last_nack
-    })
+    server
+        .cache
+        .publish(SnapshotSet::single(conflicting(backend, port)));
+    envoy
+        .wait_stat("listener_manager.lds.update_rejected", 1)
+        .await;
+    let nack = eventually(
+        "the NACK reported by the server",
+        Duration::from_secs(10),
+        || async {
+            let clients = server.registry.clients();
+            let lds = clients
+                .first()?
+                .types
+                .iter()
+                .find(|t| t.type_url.ends_with("Listener"))?
+                .clone();
+            lds.last_nack
+        },
+    )
     .await;
     assert!(
         nack.message.contains("echo-tcp-clash") || nack.message.contains("duplicate"),
@@ -102,30 +134,53 @@ async fn rejected_snapshot_is_reported_and_not_resent(bootstrap: &str) {
     assert_eq!(server.registry.metrics.nacks(ResourceType::Listener), 1);
     // The old listener keeps serving.
     let ingress: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert_eq!(tcp_roundtrip(ingress, "still").await.as_deref(), Some("ok:still"));
+    assert_eq!(
+        tcp_roundtrip(ingress, "still").await.as_deref(),
+        Some("ok:still")
+    );
 
     // Publishing the same rejected content again sends nothing to Envoy.
     let lds_sent = server.registry.metrics.responses(ResourceType::Listener);
-    server.cache.publish(SnapshotSet::single(conflicting(backend, port)));
+    server
+        .cache
+        .publish(SnapshotSet::single(conflicting(backend, port)));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(server.registry.metrics.responses(ResourceType::Listener), lds_sent);
+    assert_eq!(
+        server.registry.metrics.responses(ResourceType::Listener),
+        lds_sent
+    );
     assert_eq!(envoy.stat("listener_manager.lds.update_rejected").await, 1);
 
     // The next good snapshot is applied: a new listener on another port.
     let port2 = free_port();
     let mut fixed = good.edit();
     fixed.upsert(&tcp_listener("echo-tcp-2", "127.0.0.1", port2, "echo"));
-    server.cache.publish(SnapshotSet::single(fixed.build().unwrap()));
-    envoy.wait_stat("listener_manager.lds.update_success", 2).await;
+    server
+        .cache
+        .publish(SnapshotSet::single(fixed.build().unwrap()));
+    envoy
+        .wait_stat("listener_manager.lds.update_success", 2)
+        .await;
     let ingress2: SocketAddr = format!("127.0.0.1:{port2}").parse().unwrap();
-    let reply = eventually("traffic on the new listener", Duration::from_secs(20), || {
-        tcp_roundtrip(ingress2, "fixed")
-    })
+    let reply = eventually(
+        "traffic on the new listener",
+        Duration::from_secs(20),
+        || tcp_roundtrip(ingress2, "fixed"),
+    )
     .await;
     assert_eq!(reply, "ok:fixed");
-    assert_eq!(envoy.stat("listener_manager.lds.update_rejected").await, 1, "{}", envoy.log());
+    assert_eq!(
+        envoy.stat("listener_manager.lds.update_rejected").await,
+        1,
+        "{}",
+        envoy.log()
+    );
     let clients = server.registry.clients();
-    let lds = clients[0].types.iter().find(|t| t.type_url.ends_with("Listener")).unwrap();
+    let lds = clients[0]
+        .types
+        .iter()
+        .find(|t| t.type_url.ends_with("Listener"))
+        .unwrap();
     assert!(lds.acked_version.is_some());
     assert!(lds.pending_nonce.is_none());
 }

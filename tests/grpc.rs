@@ -111,7 +111,11 @@ async fn a_first_request_without_node_fails_only_that_stream() {
     let mut bad = Ads::open(&server, unknown).await;
     let status = bad.next().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains("TypedExtensionConfig"), "{}", status.message());
+    assert!(
+        status.message().contains("TypedExtensionConfig"),
+        "{}",
+        status.message()
+    );
 
     // The good stream still gets changes.
     server.cache.publish(services(2, 80));
@@ -127,7 +131,9 @@ async fn per_type_services_stream_delta_and_fetch() {
 
     // CDS over its own SotW service.
     let (tx, rx) = mpsc::channel(4);
-    tx.send(request(ResourceType::Cluster, Some("cds"))).await.unwrap();
+    tx.send(request(ResourceType::Cluster, Some("cds")))
+        .await
+        .unwrap();
     let mut cds = ClusterDiscoveryServiceClient::new(ch.clone())
         .stream_clusters(ReceiverStream::new(rx))
         .await

@@ -1,43 +1,45 @@
-//! tonic glue: one task per stream moves requests and snapshot changes into a protocol
+//! gRPC glue: one task per stream moves requests and snapshot changes into a protocol
 //! state machine and its responses out. Nothing here decides what to send.
+//!
+//! Requests are decoded by tonic; responses are written by [`super::wire`] from shared,
+//! already encoded resources, so the services are plain tower services registered with
+//! tonic's router under the Envoy service names.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
-    ClusterDiscoveryService, ClusterDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
-    EndpointDiscoveryService, EndpointDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::{
-    ListenerDiscoveryService, ListenerDiscoveryServiceServer,
-};
-use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
-    RouteDiscoveryService, RouteDiscoveryServiceServer,
-};
+use http_body::Frame;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::{Codec, Streaming};
+use tonic::server::NamedService;
+use tonic::Status;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use super::clients::ClientRegistry;
 use super::protocol::delta::DeltaStream;
 use super::protocol::sotw::SotwStream;
-use super::protocol::{Event, NodeGrouping, Outcome, ProtocolError, Scope, StreamStatus};
+use super::protocol::{
+    DeltaResponse, Event, NodeGrouping, Outcome, ProtocolError, Scope, SotwResponse, StreamStatus,
+};
+use super::wire::Frames;
 use crate::snapshot::{ResourceType, SnapshotCache, SnapshotSet};
 
 /// Responses a stream may have queued for the transport. Each type has at most one
 /// response awaiting its ACK, so a stream never has more than four in flight and this
 /// bound is never reached by a well-behaved peer; a stuck peer blocks only its own task.
 const STREAM_BUFFER: usize = 8;
+
+/// Largest request accepted (a SotW EDS request names every cluster).
+const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
 /// The xDS server: every discovery service, sharing one cache and one client registry.
 #[derive(Clone)]
@@ -77,50 +79,61 @@ impl XdsServer {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         tonic::transport::Server::builder()
-            .add_service(AggregatedDiscoveryServiceServer::new(self.clone()))
-            .add_service(ClusterDiscoveryServiceServer::new(self.clone()))
-            .add_service(EndpointDiscoveryServiceServer::new(self.clone()))
-            .add_service(ListenerDiscoveryServiceServer::new(self.clone()))
-            .add_service(RouteDiscoveryServiceServer::new(self))
+            .add_service(AdsService(self.clone()))
+            .add_service(CdsService(self.clone()))
+            .add_service(EdsService(self.clone()))
+            .add_service(LdsService(self.clone()))
+            .add_service(RdsService(self))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
     }
 
-    fn open_sotw(
-        &self,
+    /// Dispatches one gRPC call by method name (`Stream*`, `Delta*`, `Fetch*`).
+    async fn call(
+        self,
         scope: Scope,
-        inbound: Streaming<DiscoveryRequest>,
-    ) -> ReceiverStream<Result<DiscoveryResponse, Status>> {
-        let machine = SotwStream::new(scope, self.inner.grouping.clone());
-        self.open(machine, inbound)
-    }
-
-    fn open_delta(
-        &self,
-        scope: Scope,
-        inbound: Streaming<DeltaDiscoveryRequest>,
-    ) -> ReceiverStream<Result<DeltaDiscoveryResponse, Status>> {
-        let machine = DeltaStream::new(scope, self.inner.grouping.clone());
-        self.open(machine, inbound)
-    }
-
-    fn open<M: Machine>(
-        &self,
-        machine: M,
-        inbound: Streaming<M::Request>,
-    ) -> ReceiverStream<Result<M::Response, Status>> {
+        request: http::Request<tonic::body::Body>,
+    ) -> http::Response<ResponseBody> {
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let body = request.into_body();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let span = info_span!(
-            "xds_stream",
-            kind = machine.status().kind.as_str(),
-            node_id = field::Empty
-        );
-        tokio::spawn(drive(machine, inbound, tx, self.inner.clone()).instrument(span));
-        ReceiverStream::new(rx)
+        let span = info_span!("xds_stream", kind = field::Empty, node_id = field::Empty);
+        if method.starts_with("Stream") {
+            span.record("kind", "sotw");
+            let inbound = decode::<DiscoveryRequest, DiscoveryResponse>(body);
+            let machine = SotwStream::new(scope, self.inner.grouping.clone());
+            tokio::spawn(drive(machine, inbound, tx, self.inner.clone()).instrument(span));
+        } else if method.starts_with("Delta") {
+            span.record("kind", "delta");
+            let inbound = decode::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>(body);
+            let machine = DeltaStream::new(scope, self.inner.grouping.clone());
+            tokio::spawn(drive(machine, inbound, tx, self.inner.clone()).instrument(span));
+        } else if let (true, Scope::Single(ty)) = (method.starts_with("Fetch"), scope) {
+            let mut inbound = decode::<DiscoveryRequest, DiscoveryResponse>(body);
+            let answer = match inbound.message().await {
+                Ok(Some(request)) => self.fetch(ty, request).map(Frames::sotw),
+                Ok(None) => Err(Status::invalid_argument("no request message")),
+                Err(status) => Err(status),
+            };
+            let _ = tx.send(answer).await;
+        } else {
+            let _ = tx
+                .send(Err(Status::unimplemented(format!(
+                    "unknown method {method}"
+                ))))
+                .await;
+        }
+        ResponseBody::response(rx)
     }
 
     /// A one-shot SotW fetch (the REST-style `Fetch*` methods).
-    fn fetch(&self, ty: ResourceType, req: DiscoveryRequest) -> Result<DiscoveryResponse, Status> {
+    fn fetch(&self, ty: ResourceType, req: DiscoveryRequest) -> Result<SotwResponse, Status> {
         let set = self
             .inner
             .cache
@@ -133,18 +146,84 @@ impl XdsServer {
         Ok(outcome.responses.into_iter().next().unwrap_or_else(|| {
             // Nothing new for the client (it already has this version, or asked for names
             // that don't exist): answer with the current version and no resources.
-            let version = machine
+            let version_info = machine
                 .status()
                 .types
                 .into_iter()
                 .find_map(|t| t.sent_version)
                 .unwrap_or_default();
-            DiscoveryResponse {
-                version_info: version,
-                type_url: ty.type_url().to_owned(),
-                ..Default::default()
+            SotwResponse {
+                ty,
+                version_info,
+                nonce: String::new(),
+                resources: Vec::new(),
             }
         }))
+    }
+}
+
+fn decode<Req, Resp>(body: tonic::body::Body) -> Streaming<Req>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+{
+    let decoder = tonic_prost::ProstCodec::<Resp, Req>::default().decoder();
+    Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES))
+}
+
+/// A gRPC response body: the stream's responses as they come, then the status trailers.
+pub struct ResponseBody {
+    rx: mpsc::Receiver<Result<Frames, Status>>,
+    current: Option<Frames>,
+    done: bool,
+}
+
+impl ResponseBody {
+    fn response(rx: mpsc::Receiver<Result<Frames, Status>>) -> http::Response<ResponseBody> {
+        let mut response = http::Response::new(ResponseBody {
+            rx,
+            current: None,
+            done: false,
+        });
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        response
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            if let Some(chunk) = self.current.as_mut().and_then(Iterator::next) {
+                return Poll::Ready(Some(Ok(Frame::data(chunk))));
+            }
+            self.current = None;
+            let status = match ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(frames)) => {
+                    self.current = Some(frames);
+                    continue;
+                }
+                Some(Err(status)) => status,
+                None => Status::ok(""),
+            };
+            self.done = true;
+            let mut trailers = http::HeaderMap::new();
+            if let Err(status) = status.add_header(&mut trailers) {
+                warn!(%status, "could not encode a gRPC status");
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
     }
 }
 
@@ -160,11 +239,12 @@ trait Machine: Send + 'static {
     fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<Self::Response>;
     fn status(&self) -> StreamStatus;
     fn node_id(&self) -> Option<&str>;
-    fn response_type(response: &Self::Response) -> Option<ResourceType>;
+    fn response_type(response: &Self::Response) -> ResourceType;
+    fn frames(response: Self::Response) -> Frames;
 }
 
 macro_rules! impl_machine {
-    ($machine:ty, $req:ty, $resp:ty) => {
+    ($machine:ty, $req:ty, $resp:ty, $frames:path) => {
         impl Machine for $machine {
             type Request = $req;
             type Response = $resp;
@@ -184,21 +264,29 @@ macro_rules! impl_machine {
             fn node_id(&self) -> Option<&str> {
                 self.node().map(|n| n.id.as_str())
             }
-            fn response_type(response: &$resp) -> Option<ResourceType> {
-                ResourceType::from_type_url(&response.type_url)
+            fn response_type(response: &$resp) -> ResourceType {
+                response.ty
+            }
+            fn frames(response: $resp) -> Frames {
+                $frames(response)
             }
         }
     };
 }
 
-impl_machine!(SotwStream, DiscoveryRequest, DiscoveryResponse);
-impl_machine!(DeltaStream, DeltaDiscoveryRequest, DeltaDiscoveryResponse);
+impl_machine!(SotwStream, DiscoveryRequest, SotwResponse, Frames::sotw);
+impl_machine!(
+    DeltaStream,
+    DeltaDiscoveryRequest,
+    DeltaResponse,
+    Frames::delta
+);
 
 /// The per-stream task.
 async fn drive<M: Machine>(
     mut machine: M,
     mut inbound: Streaming<M::Request>,
-    tx: mpsc::Sender<Result<M::Response, Status>>,
+    tx: mpsc::Sender<Result<Frames, Status>>,
     shared: Arc<Inner>,
 ) {
     let client = shared.registry.connect(machine.status());
@@ -264,10 +352,8 @@ async fn drive<M: Machine>(
             client.update(machine.status());
         }
         for response in outcome.responses {
-            if let Some(ty) = M::response_type(&response) {
-                metrics.response_sent(ty);
-            }
-            if tx.send(Ok(response)).await.is_err() {
+            metrics.response_sent(M::response_type(&response));
+            if tx.send(Ok(M::frames(response))).await.is_err() {
                 return;
             }
         }
@@ -275,102 +361,55 @@ async fn drive<M: Machine>(
     debug!("stream closed");
 }
 
-type SotwStreamOut = ReceiverStream<Result<DiscoveryResponse, Status>>;
-type DeltaStreamOut = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+/// The tower services, one per Envoy discovery service name.
+macro_rules! discovery_service {
+    ($service:ident, $name:literal, $scope:expr) => {
+        #[derive(Clone)]
+        struct $service(XdsServer);
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = SotwStreamOut;
-    type DeltaAggregatedResourcesStream = DeltaStreamOut;
+        impl NamedService for $service {
+            const NAME: &'static str = $name;
+        }
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<SotwStreamOut>, Status> {
-        Ok(Response::new(
-            self.open_sotw(Scope::Aggregated, request.into_inner()),
-        ))
-    }
+        impl tower_service::Service<http::Request<tonic::body::Body>> for $service {
+            type Response = http::Response<ResponseBody>;
+            type Error = Infallible;
+            type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<DeltaStreamOut>, Status> {
-        Ok(Response::new(
-            self.open_delta(Scope::Aggregated, request.into_inner()),
-        ))
-    }
-}
-
-/// The per-type services differ only in names.
-macro_rules! per_type_service {
-    ($trait:ident, $ty:expr, $stream:ident, $stream_type:ident, $delta:ident, $delta_type:ident, $fetch:ident) => {
-        #[tonic::async_trait]
-        impl $trait for XdsServer {
-            type $stream_type = SotwStreamOut;
-            type $delta_type = DeltaStreamOut;
-
-            async fn $stream(
-                &self,
-                request: Request<Streaming<DiscoveryRequest>>,
-            ) -> Result<Response<SotwStreamOut>, Status> {
-                Ok(Response::new(
-                    self.open_sotw(Scope::Single($ty), request.into_inner()),
-                ))
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
             }
 
-            async fn $delta(
-                &self,
-                request: Request<Streaming<DeltaDiscoveryRequest>>,
-            ) -> Result<Response<DeltaStreamOut>, Status> {
-                Ok(Response::new(
-                    self.open_delta(Scope::Single($ty), request.into_inner()),
-                ))
-            }
-
-            async fn $fetch(
-                &self,
-                request: Request<DiscoveryRequest>,
-            ) -> Result<Response<DiscoveryResponse>, Status> {
-                self.fetch($ty, request.into_inner()).map(Response::new)
+            fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+                let server = self.0.clone();
+                Box::pin(async move { Ok(server.call($scope, request).await) })
             }
         }
     };
 }
 
-per_type_service!(
-    ClusterDiscoveryService,
-    ResourceType::Cluster,
-    stream_clusters,
-    StreamClustersStream,
-    delta_clusters,
-    DeltaClustersStream,
-    fetch_clusters
+discovery_service!(
+    AdsService,
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    Scope::Aggregated
 );
-per_type_service!(
-    EndpointDiscoveryService,
-    ResourceType::Endpoint,
-    stream_endpoints,
-    StreamEndpointsStream,
-    delta_endpoints,
-    DeltaEndpointsStream,
-    fetch_endpoints
+discovery_service!(
+    CdsService,
+    "envoy.service.cluster.v3.ClusterDiscoveryService",
+    Scope::Single(ResourceType::Cluster)
 );
-per_type_service!(
-    ListenerDiscoveryService,
-    ResourceType::Listener,
-    stream_listeners,
-    StreamListenersStream,
-    delta_listeners,
-    DeltaListenersStream,
-    fetch_listeners
+discovery_service!(
+    EdsService,
+    "envoy.service.endpoint.v3.EndpointDiscoveryService",
+    Scope::Single(ResourceType::Endpoint)
 );
-per_type_service!(
-    RouteDiscoveryService,
-    ResourceType::Route,
-    stream_routes,
-    StreamRoutesStream,
-    delta_routes,
-    DeltaRoutesStream,
-    fetch_routes
+discovery_service!(
+    LdsService,
+    "envoy.service.listener.v3.ListenerDiscoveryService",
+    Scope::Single(ResourceType::Listener)
+);
+discovery_service!(
+    RdsService,
+    "envoy.service.route.v3.RouteDiscoveryService",
+    Scope::Single(ResourceType::Route)
 );

@@ -7,6 +7,7 @@
 pub mod clients;
 pub mod grpc;
 pub mod protocol;
+mod wire;
 
 pub use clients::{ClientRegistry, XdsMetrics};
 pub use grpc::XdsServer;

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
 };
@@ -194,12 +195,13 @@ impl XdsResource for RouteConfiguration {
     }
 }
 
-/// A resource as served: encoded once, shared by every stream.
+/// A resource as served: encoded once, shared by every stream. The bytes are the
+/// encoded `google.protobuf.Any`, written into responses as they are.
 #[derive(Clone, Debug)]
 pub struct Resource {
     name: Arc<str>,
     version: Version,
-    body: Arc<Any>,
+    any: Bytes,
     references: Arc<[Arc<str>]>,
 }
 
@@ -207,14 +209,16 @@ impl Resource {
     /// Encodes `message` once; its version is the hash of the encoded bytes.
     pub fn new<R: XdsResource>(message: &R) -> Self {
         let value = message.encode_to_vec();
+        let version = Version::of_bytes(&value);
+        let any = Any {
+            type_url: R::TYPE.type_url().to_owned(),
+            value,
+        };
         let references: Vec<Arc<str>> = message.references().into_iter().map(Arc::from).collect();
         Resource {
             name: Arc::from(message.resource_name()),
-            version: Version::of_bytes(&value),
-            body: Arc::new(Any {
-                type_url: R::TYPE.type_url().to_owned(),
-                value,
-            }),
+            version,
+            any: Bytes::from(any.encode_to_vec()),
             references: references.into(),
         }
     }
@@ -227,9 +231,14 @@ impl Resource {
         self.version
     }
 
-    /// The encoded resource, ready to be put in a response.
-    pub fn body(&self) -> &Any {
-        &self.body
+    /// The encoded `Any`, shared by every response that carries this resource.
+    pub fn encoded_any(&self) -> &Bytes {
+        &self.any
+    }
+
+    /// The resource as a protobuf `Any` (a copy; responses use [`Resource::encoded_any`]).
+    pub fn to_any(&self) -> Any {
+        Any::decode(self.any.clone()).expect("encoded by Resource::new")
     }
 
     /// Names this resource depends on (see [`XdsResource::references`]).

@@ -163,10 +163,14 @@ impl Envoy {
 
     /// Waits until a stat reaches at least `min`.
     pub async fn wait_stat(&self, name: &str, min: u64) -> u64 {
-        eventually(&format!("{name} >= {min}"), Duration::from_secs(20), || async {
-            let v = self.stat(name).await;
-            (v >= min).then_some(v)
-        })
+        eventually(
+            &format!("{name} >= {min}"),
+            Duration::from_secs(20),
+            || async {
+                let v = self.stat(name).await;
+                (v >= min).then_some(v)
+            },
+        )
         .await
     }
 

@@ -4,12 +4,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::{
-    Event, NodeGrouping, Outcome, ProtocolError, Scope, StreamCore, StreamKind, StreamStatus,
+    DeltaResponse, Event, NodeGrouping, Outcome, ProtocolError, Scope, StreamCore, StreamKind,
+    StreamStatus,
 };
 use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
 
@@ -42,7 +41,7 @@ impl DeltaStream {
         &mut self,
         req: DeltaDiscoveryRequest,
         set: Option<&SnapshotSet>,
-    ) -> Result<Outcome<DeltaDiscoveryResponse>, ProtocolError> {
+    ) -> Result<Outcome<DeltaResponse>, ProtocolError> {
         self.core.accept_node(req.node)?;
         let ty = self.core.scope.resolve(&req.type_url)?;
         let mut out = Outcome::default();
@@ -86,7 +85,7 @@ impl DeltaStream {
     }
 
     /// Handles a newly published snapshot set: responses in make-before-break order.
-    pub fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<DeltaResponse> {
         let mut out = Outcome::default();
         if let Some(snapshot) = self.core.snapshot(Some(set)) {
             for ty in self.core.types_in_order() {
@@ -96,7 +95,7 @@ impl DeltaStream {
         out
     }
 
-    fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot) -> Option<DeltaDiscoveryResponse> {
+    fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot) -> Option<DeltaResponse> {
         let state = &mut self.core.types[ty.index()];
         if !state.ready_to_send() {
             return None;
@@ -146,24 +145,16 @@ impl DeltaStream {
             return None;
         }
         let version = current.version().to_string();
-        let response = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
-            resources: upserts
-                .into_values()
-                .map(|r| DeltaResource {
-                    name: r.name().to_string(),
-                    version: r.version().to_string(),
-                    resource: Some(r.body().clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: ty.type_url().to_owned(),
-            removed_resources: removed,
-            ..Default::default()
-        };
+        let resources = upserts.into_values().cloned().collect();
         state.mark_sent(current);
         let nonce = self.core.next_nonce();
-        self.core.types[ty.index()].start_pending(nonce.clone(), version);
-        Some(DeltaDiscoveryResponse { nonce, ..response })
+        self.core.types[ty.index()].start_pending(nonce.clone(), version.clone());
+        Some(DeltaResponse {
+            ty,
+            system_version_info: version,
+            nonce,
+            resources,
+            removed_resources: removed,
+        })
     }
 }

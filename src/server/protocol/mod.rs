@@ -12,6 +12,7 @@
 //!   routes, in that order.
 
 pub mod delta;
+mod response;
 pub mod sotw;
 mod subscription;
 
@@ -22,6 +23,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use serde::Serialize;
 
 use crate::snapshot::{Resource, ResourceType, Snapshot, SnapshotSet, TypeSnapshot, DEFAULT_GROUP};
+pub use response::{DeltaResponse, SotwResponse};
 pub use subscription::Subscription;
 
 /// Which types a stream may carry.

@@ -1,10 +1,11 @@
 //! State-of-the-world streams (`StreamAggregatedResources` and the per-type `Stream*`).
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::{
-    Event, NodeGrouping, Outcome, ProtocolError, Scope, StreamCore, StreamKind, StreamStatus,
+    Event, NodeGrouping, Outcome, ProtocolError, Scope, SotwResponse, StreamCore, StreamKind,
+    StreamStatus,
 };
 use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
 
@@ -38,7 +39,7 @@ impl SotwStream {
         &mut self,
         req: DiscoveryRequest,
         set: Option<&SnapshotSet>,
-    ) -> Result<Outcome<DiscoveryResponse>, ProtocolError> {
+    ) -> Result<Outcome<SotwResponse>, ProtocolError> {
         self.core.accept_node(req.node)?;
         let ty = self.core.scope.resolve(&req.type_url)?;
         let mut out = Outcome::default();
@@ -72,7 +73,7 @@ impl SotwStream {
     }
 
     /// Handles a newly published snapshot set: responses in make-before-break order.
-    pub fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<SotwResponse> {
         let mut out = Outcome::default();
         if let Some(snapshot) = self.core.snapshot(Some(set)) {
             for ty in self.core.types_in_order() {
@@ -82,7 +83,7 @@ impl SotwStream {
         out
     }
 
-    fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot) -> Option<DiscoveryResponse> {
+    fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot) -> Option<SotwResponse> {
         let state = &mut self.core.types[ty.index()];
         if !state.ready_to_send() {
             return None;
@@ -134,15 +135,15 @@ impl SotwStream {
                 resources
             }
         };
-        let response = DiscoveryResponse {
-            version_info: version.clone(),
-            resources: resources.iter().map(|r| r.body().clone()).collect(),
-            type_url: ty.type_url().to_owned(),
-            ..Default::default()
-        };
+        let resources = resources.into_iter().cloned().collect();
         state.mark_sent(current);
         let nonce = self.core.next_nonce();
-        self.core.types[ty.index()].start_pending(nonce.clone(), version);
-        Some(DiscoveryResponse { nonce, ..response })
+        self.core.types[ty.index()].start_pending(nonce.clone(), version.clone());
+        Some(SotwResponse {
+            ty,
+            version_info: version,
+            nonce,
+            resources,
+        })
     }
 }

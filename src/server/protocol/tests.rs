@@ -113,9 +113,19 @@ fn ads() -> SotwStream {
 
 /// Sends `request` and returns the single response it must produce.
 fn one(stream: &mut SotwStream, request: DiscoveryRequest, set: &SnapshotSet) -> DiscoveryResponse {
-    let mut out = stream.on_request(request, Some(set)).unwrap();
+    let out = stream.on_request(request, Some(set)).unwrap();
     assert_eq!(out.responses.len(), 1, "expected one response");
-    out.responses.remove(0)
+    out.responses[0].to_proto()
+}
+
+/// The responses a snapshot change produces, as protobuf.
+fn on_snapshot(stream: &mut SotwStream, set: &SnapshotSet) -> Vec<DiscoveryResponse> {
+    stream
+        .on_snapshot(set)
+        .responses
+        .iter()
+        .map(|r| r.to_proto())
+        .collect()
 }
 
 fn none(stream: &mut SotwStream, request: DiscoveryRequest, set: &SnapshotSet) -> Vec<Event> {
@@ -177,9 +187,9 @@ fn nothing_is_sent_before_the_first_snapshot() {
     let out = s.on_request(first(Cluster, &[]), None).unwrap();
     assert!(out.responses.is_empty());
     let set = snapshot(&["a", "b"], 80);
-    let out = s.on_snapshot(&set);
-    assert_eq!(out.responses.len(), 1);
-    assert_eq!(names_of(&out.responses[0]), ["a", "b"]);
+    let out = on_snapshot(&mut s, &set);
+    assert_eq!(out.len(), 1);
+    assert_eq!(names_of(&out[0]), ["a", "b"]);
 }
 
 #[test]
@@ -232,13 +242,13 @@ fn nack_is_recorded_and_the_rejected_version_is_not_resent() {
     assert!(s.on_snapshot(&snapshot(&["a"], 80)).responses.is_empty());
     // New content is sent.
     let newer = snapshot(&["a", "b"], 80);
-    let out = s.on_snapshot(&newer);
-    assert_eq!(names_of(&out.responses[0]), ["a", "b"]);
-    let events = none(&mut s, ack(&out.responses[0], &[]), &newer);
+    let out = on_snapshot(&mut s, &newer);
+    assert_eq!(names_of(&out[0]), ["a", "b"]);
+    let events = none(&mut s, ack(&out[0], &[]), &newer);
     assert!(matches!(events[0], Event::Ack { .. }));
     assert_eq!(
         s.status().types[0].acked_version.as_deref(),
-        Some(out.responses[0].version_info.as_str())
+        Some(out[0].version_info.as_str())
     );
 }
 
@@ -248,10 +258,7 @@ fn stale_nonces_are_ignored() {
     let mut s = ads();
     let r1 = one(&mut s, first(Cluster, &[]), &set);
     none(&mut s, ack(&r1, &[]), &set);
-    let r2 = s
-        .on_snapshot(&snapshot(&["a", "b"], 80))
-        .responses
-        .remove(0);
+    let r2 = on_snapshot(&mut s, &snapshot(&["a", "b"], 80)).remove(0);
     // A request carrying the older nonce (even a NACK) is stale: no ACK, no NACK.
     let events = none(&mut s, nack(&r1, &[], "late"), &set);
     assert!(matches!(events[0], Event::StaleNonce { .. }));
@@ -283,8 +290,8 @@ fn clusters_removed_by_omission() {
     let mut s = ads();
     let r1 = one(&mut s, first(Cluster, &[]), &snapshot(&["a", "b"], 80));
     none(&mut s, ack(&r1, &[]), &snapshot(&["a", "b"], 80));
-    let out = s.on_snapshot(&snapshot(&["b"], 80));
-    assert_eq!(names_of(&out.responses[0]), ["b"]);
+    let out = on_snapshot(&mut s, &snapshot(&["b"], 80));
+    assert_eq!(names_of(&out[0]), ["b"]);
 }
 
 #[test]
@@ -299,7 +306,7 @@ fn endpoints_are_sent_only_for_subscribed_names_and_only_when_changed() {
     b.upsert(&load_assignment("b", &[("10.0.0.2", 80)]))
         .upsert(&load_assignment("c", &[("10.0.0.2", 80)]));
     let set2 = SnapshotSet::single(b.build().unwrap());
-    let r2 = s.on_snapshot(&set2).responses.remove(0);
+    let r2 = on_snapshot(&mut s, &set2).remove(0);
     assert_eq!(names_of(&r2), ["b"]);
     // Subscribing to c as well sends c alone.
     let r3 = one(&mut s, ack(&r2, &["a", "b", "c"]), &set2);
@@ -337,9 +344,8 @@ fn snapshot_changes_go_out_in_make_before_break_order() {
     for (resp, names) in &pending {
         none(&mut s, ack(resp, names), &set);
     }
-    let out = s.on_snapshot(&snapshot(&["a", "b"], 81));
+    let out = on_snapshot(&mut s, &snapshot(&["a", "b"], 81));
     let order: Vec<_> = out
-        .responses
         .iter()
         .map(|r| ResourceType::from_type_url(&r.type_url).unwrap())
         .collect();
@@ -360,8 +366,8 @@ fn a_client_resuming_at_the_current_version_gets_no_resend() {
     r.version_info = version;
     none(&mut s, r, &set);
     // It still gets later changes.
-    let out = s.on_snapshot(&snapshot(&["a", "b"], 80));
-    assert_eq!(names_of(&out.responses[0]), ["a", "b"]);
+    let out = on_snapshot(&mut s, &snapshot(&["a", "b"], 80));
+    assert_eq!(names_of(&out[0]), ["a", "b"]);
     // A client resuming at an older version gets the current state.
     let mut s = ads();
     let mut r = first(Cluster, &[]);
@@ -432,9 +438,9 @@ fn done(
     r: DeltaDiscoveryRequest,
     set: &SnapshotSet,
 ) -> DeltaDiscoveryResponse {
-    let mut out = s.on_request(r, Some(set)).unwrap();
+    let out = s.on_request(r, Some(set)).unwrap();
     assert_eq!(out.responses.len(), 1, "expected one response");
-    out.responses.remove(0)
+    out.responses[0].to_proto()
 }
 
 fn dnone(s: &mut DeltaStream, r: DeltaDiscoveryRequest, set: &SnapshotSet) -> Vec<Event> {
@@ -456,8 +462,8 @@ fn delta_wildcard_gets_everything_then_only_changes() {
     assert!(r1.resources.iter().all(|r| !r.version.is_empty()));
     dnone(&mut s, dack(&r1), &set);
     assert!(s.on_snapshot(&set).responses.is_empty());
-    let out = s.on_snapshot(&snapshot(&["b", "c"], 80));
-    let r2 = &out.responses[0];
+    let out = don_snapshot(&mut s, &snapshot(&["b", "c"], 80));
+    let r2 = &out[0];
     assert_eq!(dnames(r2), ["c"]);
     assert_eq!(r2.removed_resources, ["a"]);
 }
@@ -513,10 +519,10 @@ fn delta_named_subscriptions() {
     b.upsert(&load_assignment("a", &[("10.9.9.9", 1)]))
         .remove(Cluster, "b")
         .remove(Endpoint, "b");
-    let out = s.on_snapshot(&SnapshotSet::single(b.build().unwrap()));
-    assert_eq!(out.responses.len(), 1);
-    assert!(out.responses[0].resources.is_empty());
-    assert_eq!(out.responses[0].removed_resources, ["b"]);
+    let out = don_snapshot(&mut s, &SnapshotSet::single(b.build().unwrap()));
+    assert_eq!(out.len(), 1);
+    assert!(out[0].resources.is_empty());
+    assert_eq!(out[0].removed_resources, ["b"]);
 }
 
 #[test]
@@ -538,7 +544,7 @@ fn delta_nack_is_not_resent_and_stale_nonces_keep_subscriptions() {
     r.response_nonce = "999".into();
     let out = s.on_request(r, Some(&set)).unwrap();
     assert!(matches!(out.events[0], Event::StaleNonce { .. }));
-    assert_eq!(dnames(&out.responses[0]), ["a"]);
+    assert_eq!(dnames(&out.responses[0].to_proto()), ["a"]);
 }
 
 #[test]
@@ -557,12 +563,20 @@ fn delta_make_before_break_order_on_removal() {
     for a in &acks {
         dnone(&mut s, dack(a), &set);
     }
-    let out = s.on_snapshot(&snapshot(&["a"], 80));
+    let out = don_snapshot(&mut s, &snapshot(&["a"], 80));
     let types: Vec<_> = out
-        .responses
         .iter()
         .map(|r| ResourceType::from_type_url(&r.type_url).unwrap())
         .collect();
     assert_eq!(types, vec![Cluster, Endpoint, Listener, Route]);
-    assert!(out.responses.iter().all(|r| r.removed_resources.len() == 1));
+    assert!(out.iter().all(|r| r.removed_resources.len() == 1));
+}
+
+fn don_snapshot(stream: &mut DeltaStream, set: &SnapshotSet) -> Vec<DeltaDiscoveryResponse> {
+    stream
+        .on_snapshot(set)
+        .responses
+        .iter()
+        .map(|r| r.to_proto())
+        .collect()
 }

@@ -1,0 +1,285 @@
+//! Responses on the wire: gRPC length-prefixed protobuf assembled from each resource's
+//! shared encoded bytes. Nothing is re-encoded per client, and a response is produced in
+//! chunks as the transport asks for them, so no buffer the size of the largest response
+//! outlives it (tonic's encoder would keep one per stream).
+
+use std::collections::VecDeque;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+
+use super::protocol::{DeltaResponse, SotwResponse};
+use crate::snapshot::Resource;
+
+/// Chunks are about this large; resources this large or larger go out by reference.
+const CHUNK: usize = 32 * 1024;
+const BY_REFERENCE: usize = 4 * 1024;
+
+/// `DiscoveryResponse` and `DeltaDiscoveryResponse` field numbers.
+mod tag {
+    pub const VERSION_INFO: u32 = 1;
+    pub const RESOURCES: u32 = 2;
+    pub const TYPE_URL: u32 = 4;
+    pub const NONCE: u32 = 5;
+    pub const REMOVED_RESOURCES: u32 = 6;
+    // envoy.service.discovery.v3.Resource
+    pub const RESOURCE_VERSION: u32 = 1;
+    pub const RESOURCE_BODY: u32 = 2;
+    pub const RESOURCE_NAME: u32 = 3;
+}
+
+fn bytes_field_len(tag: u32, len: usize) -> usize {
+    key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+fn optional_string_len(tag: u32, s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        bytes_field_len(tag, s.len())
+    }
+}
+
+fn put_header(tag: u32, len: usize, buf: &mut BytesMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(len as u64, buf);
+}
+
+fn put_string(tag: u32, s: &str, buf: &mut BytesMut) {
+    put_header(tag, s.len(), buf);
+    buf.put_slice(s.as_bytes());
+}
+
+fn put_optional_string(tag: u32, s: &str, buf: &mut BytesMut) {
+    if !s.is_empty() {
+        put_string(tag, s, buf);
+    }
+}
+
+/// One response as a sequence of byte chunks (the first carries the gRPC message prefix).
+pub struct Frames {
+    ready: VecDeque<Bytes>,
+    buf: BytesMut,
+    resources: std::vec::IntoIter<Resource>,
+    delta: bool,
+    tail: Option<BytesMut>,
+}
+
+impl Frames {
+    fn new(
+        body_len: usize,
+        head: BytesMut,
+        tail: BytesMut,
+        resources: Vec<Resource>,
+        delta: bool,
+    ) -> Self {
+        let mut buf = BytesMut::with_capacity(CHUNK + BY_REFERENCE);
+        buf.put_u8(0); // not compressed
+        buf.put_u32(u32::try_from(body_len).expect("xDS response larger than 4 GiB"));
+        buf.extend_from_slice(&head);
+        Frames {
+            ready: VecDeque::new(),
+            buf,
+            resources: resources.into_iter(),
+            delta,
+            tail: Some(tail),
+        }
+    }
+
+    /// A SotW `DiscoveryResponse`.
+    pub fn sotw(response: SotwResponse) -> Self {
+        let SotwResponse {
+            ty,
+            version_info,
+            nonce,
+            resources,
+        } = response;
+        let type_url = ty.type_url();
+        let body_len = optional_string_len(tag::VERSION_INFO, &version_info)
+            + resources
+                .iter()
+                .map(|r| bytes_field_len(tag::RESOURCES, r.encoded_any().len()))
+                .sum::<usize>()
+            + optional_string_len(tag::TYPE_URL, type_url)
+            + optional_string_len(tag::NONCE, &nonce);
+        let mut head = BytesMut::new();
+        put_optional_string(tag::VERSION_INFO, &version_info, &mut head);
+        let mut tail = BytesMut::new();
+        put_optional_string(tag::TYPE_URL, type_url, &mut tail);
+        put_optional_string(tag::NONCE, &nonce, &mut tail);
+        Frames::new(body_len, head, tail, resources, false)
+    }
+
+    /// A `DeltaDiscoveryResponse`.
+    pub fn delta(response: DeltaResponse) -> Self {
+        let DeltaResponse {
+            ty,
+            system_version_info,
+            nonce,
+            resources,
+            removed_resources,
+        } = response;
+        let type_url = ty.type_url();
+        let body_len = optional_string_len(tag::VERSION_INFO, &system_version_info)
+            + resources
+                .iter()
+                .map(|r| bytes_field_len(tag::RESOURCES, delta_resource_len(r)))
+                .sum::<usize>()
+            + optional_string_len(tag::TYPE_URL, type_url)
+            + optional_string_len(tag::NONCE, &nonce)
+            + removed_resources
+                .iter()
+                .map(|n| bytes_field_len(tag::REMOVED_RESOURCES, n.len()))
+                .sum::<usize>();
+        let mut head = BytesMut::new();
+        put_optional_string(tag::VERSION_INFO, &system_version_info, &mut head);
+        let mut tail = BytesMut::new();
+        put_optional_string(tag::TYPE_URL, type_url, &mut tail);
+        put_optional_string(tag::NONCE, &nonce, &mut tail);
+        for name in &removed_resources {
+            put_string(tag::REMOVED_RESOURCES, name, &mut tail);
+        }
+        Frames::new(body_len, head, tail, resources, true)
+    }
+
+    fn write(&mut self, resource: &Resource) {
+        let any = resource.encoded_any();
+        if self.delta {
+            let version = resource.version().to_string();
+            put_header(tag::RESOURCES, delta_resource_len(resource), &mut self.buf);
+            put_string(tag::RESOURCE_VERSION, &version, &mut self.buf);
+            put_header(tag::RESOURCE_BODY, any.len(), &mut self.buf);
+        } else {
+            put_header(tag::RESOURCES, any.len(), &mut self.buf);
+        }
+        if any.len() >= BY_REFERENCE {
+            self.ready.push_back(self.buf.split().freeze());
+            self.ready.push_back(any.clone());
+        } else {
+            self.buf.extend_from_slice(any);
+        }
+        if self.delta {
+            put_string(tag::RESOURCE_NAME, resource.name(), &mut self.buf);
+        }
+    }
+}
+
+/// Encoded length of an `envoy.service.discovery.v3.Resource` wrapping `resource`.
+fn delta_resource_len(resource: &Resource) -> usize {
+    const VERSION_HEX_LEN: usize = 32;
+    bytes_field_len(tag::RESOURCE_VERSION, VERSION_HEX_LEN)
+        + bytes_field_len(tag::RESOURCE_BODY, resource.encoded_any().len())
+        + bytes_field_len(tag::RESOURCE_NAME, resource.name().len())
+}
+
+impl Iterator for Frames {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(chunk) = self.ready.pop_front() {
+                if !chunk.is_empty() {
+                    return Some(chunk);
+                }
+                continue;
+            }
+            match self.resources.next() {
+                Some(resource) => {
+                    self.write(&resource);
+                    if self.buf.len() >= CHUNK {
+                        self.ready.push_back(self.buf.split().freeze());
+                    }
+                }
+                None => {
+                    let tail = self.tail.take()?;
+                    self.buf.extend_from_slice(&tail);
+                    self.ready.push_back(self.buf.split().freeze());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryResponse, DiscoveryResponse,
+    };
+    use prost::Message;
+
+    use super::*;
+    use crate::snapshot::fixtures::*;
+    use crate::snapshot::{ResourceType, Snapshot};
+
+    fn resources(n: usize, endpoints: usize) -> Vec<Resource> {
+        let ips: Vec<String> = (0..endpoints)
+            .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
+            .collect();
+        let eps: Vec<(&str, u16)> = ips.iter().map(|ip| (ip.as_str(), 80)).collect();
+        let mut b = Snapshot::builder();
+        for i in 0..n {
+            let name = format!("c{i}");
+            b.upsert(&eds_cluster(&name))
+                .upsert(&load_assignment(&name, &eps));
+        }
+        let s = b.build().unwrap();
+        s.resources(ResourceType::Endpoint)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn unframe(frames: Frames) -> Vec<u8> {
+        let bytes: Vec<u8> = frames.flat_map(|c| c.to_vec()).collect();
+        assert_eq!(bytes[0], 0);
+        let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+        assert_eq!(len, bytes.len() - 5, "length prefix matches the body");
+        bytes[5..].to_vec()
+    }
+
+    #[test]
+    fn sotw_bytes_decode_to_the_same_message() {
+        // Small resources are copied into chunks, large ones (500 endpoints) go by reference.
+        for (n, endpoints) in [(0, 1), (3, 1), (2000, 1), (4, 500)] {
+            let response = SotwResponse {
+                ty: ResourceType::Endpoint,
+                version_info: "v1".into(),
+                nonce: "7".into(),
+                resources: resources(n, endpoints),
+            };
+            let expected = response.to_proto();
+            let decoded = DiscoveryResponse::decode(&*unframe(Frames::sotw(response))).unwrap();
+            assert_eq!(decoded, expected);
+        }
+    }
+
+    #[test]
+    fn delta_bytes_decode_to_the_same_message() {
+        for (n, endpoints) in [(0, 1), (3, 1), (2000, 1), (4, 500)] {
+            let response = DeltaResponse {
+                ty: ResourceType::Endpoint,
+                system_version_info: "v2".into(),
+                nonce: "9".into(),
+                resources: resources(n, endpoints),
+                removed_resources: vec!["gone".into(), "also-gone".into()],
+            };
+            let expected = response.to_proto();
+            let decoded =
+                DeltaDiscoveryResponse::decode(&*unframe(Frames::delta(response))).unwrap();
+            assert_eq!(decoded, expected);
+        }
+    }
+
+    #[test]
+    fn large_responses_come_in_bounded_chunks() {
+        let response = SotwResponse {
+            ty: ResourceType::Endpoint,
+            version_info: "v".into(),
+            nonce: "1".into(),
+            resources: resources(5000, 1),
+        };
+        let chunks: Vec<Bytes> = Frames::sotw(response).collect();
+        assert!(chunks.len() > 5);
+        assert!(chunks.iter().all(|c| c.len() <= CHUNK + BY_REFERENCE));
+    }
+}
