@@ -38,7 +38,8 @@ const ROUNDS: usize = 3;
 
 fn live_heap_kib() -> f64 {
     let s = GLOBAL.stats();
-    (s.bytes_allocated as f64 - s.bytes_deallocated as f64 + s.bytes_reallocated as f64) / 1024.0
+    // stats_alloc already folds reallocations into the allocated and deallocated totals.
+    (s.bytes_allocated as f64 - s.bytes_deallocated as f64) / 1024.0
 }
 
 fn rss_kib() -> u64 {
@@ -152,7 +153,7 @@ async fn server_main(streams: usize, clusters: usize) {
     let server = XdsServer::new(cache.clone(), single_group(), registry.clone());
     tokio::spawn(server.serve(listener, std::future::pending()));
     for mode in ["sotw", "delta"] {
-        snapshot = fan_out(mode, addr, streams, clusters, &cache, snapshot).await;
+        snapshot = fan_out(mode, addr, streams, clusters, &cache, &registry, snapshot).await;
     }
     println!(
         "NACKs: {}, EDS responses sent: {}",
@@ -167,6 +168,7 @@ async fn fan_out(
     streams: usize,
     clusters: usize,
     cache: &SnapshotCache,
+    registry: &ClientRegistry,
     mut snapshot: Snapshot,
 ) -> Snapshot {
     println!("-- {streams} {mode} ADS streams, one connection each");
@@ -241,16 +243,19 @@ async fn fan_out(
                 parts.next().unwrap(),
                 parts.next().unwrap(),
             );
+            // The next round starts once the server has taken every ACK, so each round
+            // measures one change.
+            let acked = all_acked(registry, published_at).await;
             println!(
-                "  one EDS change, {}: p50 {p50:.1} ms, p99 {p99:.1} ms, every stream {max:.1} ms",
+                "  one EDS change, {}: p50 {p50:.1} ms, p99 {p99:.1} ms, every stream {max:.1} ms; every ACK processed after {acked:.0} ms",
                 if hold_acks {
-                    "ACKs held"
+                    "ACKs held until all streams have it"
                 } else {
                     "ACKs at once"
                 }
             );
             totals.push(max);
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         totals.sort_by(f64::total_cmp);
         println!(
@@ -266,6 +271,21 @@ async fn fan_out(
     drop(to_child);
     let _ = child.wait();
     snapshot
+}
+
+/// Waits until no stream has an EDS response awaiting its ACK; ms since `since`.
+async fn all_acked(registry: &ClientRegistry, since: u128) -> f64 {
+    loop {
+        let pending = registry.clients().iter().any(|c| {
+            c.types.iter().any(|t| {
+                t.type_url == ResourceType::Endpoint.type_url() && t.pending_nonce.is_some()
+            })
+        });
+        if !pending {
+            return unix_nanos().saturating_sub(since) as f64 / 1e6;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[derive(Debug)]
@@ -309,7 +329,9 @@ async fn client_main(addr: SocketAddr, streams: usize, clusters: usize, delta: b
     let mut line = String::new();
     wait_for(&mut events, streams, |e| matches!(e, Event::CdsSynced)).await;
     writeln!(out, "cds-synced").unwrap();
-    stdin.read_line(&mut line).await.unwrap();
+    if stdin.read_line(&mut line).await.unwrap() == 0 {
+        return;
+    }
     broadcast(Control::SubscribeEds);
     wait_for(&mut events, streams, |e| matches!(e, Event::EdsSynced)).await;
     writeln!(out, "eds-synced").unwrap();

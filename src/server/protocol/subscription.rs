@@ -64,21 +64,34 @@ static NAME_SETS: LazyLock<Mutex<HashMap<u128, Weak<NameSet>>>> = LazyLock::new(
 
 /// The shared set for `names` (which hashes to `digest`), creating it if needed.
 fn intern(names: &[&String], digest: u128) -> Arc<NameSet> {
-    let mut sets = NAME_SETS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(set) = sets.get(&digest).and_then(Weak::upgrade) {
-        // A 128-bit content digest: equal digests are equal sets for any non-adversarial
-        // input, and a collision could only confuse the colliding client's own view.
+    if let Some(set) = interned(digest) {
         return set;
     }
     let mut set = NameSet::default();
     for name in names {
         set.insert(name);
     }
-    let set = Arc::new(set);
+    share(Arc::new(set))
+}
+
+/// The live interned set with this digest. A 128-bit content digest: equal digests are
+/// equal sets for any non-adversarial input, and a collision could only confuse the
+/// colliding client's own view.
+fn interned(digest: u128) -> Option<Arc<NameSet>> {
+    let sets = NAME_SETS.lock().unwrap_or_else(|p| p.into_inner());
+    sets.get(&digest).and_then(Weak::upgrade)
+}
+
+/// `set`, or the interned set equal to it.
+fn share(set: Arc<NameSet>) -> Arc<NameSet> {
+    let mut sets = NAME_SETS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(existing) = sets.get(&set.digest).and_then(Weak::upgrade) {
+        return existing;
+    }
     if sets.len() >= 64 && sets.len().is_power_of_two() {
         sets.retain(|_, weak| weak.strong_count() > 0);
     }
-    sets.insert(digest, Arc::downgrade(&set));
+    sets.insert(set.digest, Arc::downgrade(&set));
     set
 }
 
@@ -145,7 +158,8 @@ impl Subscription {
             if name == WILDCARD {
                 change.wildcard_added |= !self.wildcard;
                 self.wildcard = true;
-            } else if Arc::make_mut(&mut self.names).insert(name) {
+            } else if !self.names.contains(name) {
+                Arc::make_mut(&mut self.names).insert(name);
                 change.added.insert(name.clone());
             }
         }
@@ -160,6 +174,9 @@ impl Subscription {
             }
         }
         change.changed |= change.wildcard_added || !change.added.is_empty();
+        if change.changed {
+            self.names = share(std::mem::take(&mut self.names));
+        }
         change
     }
 }
@@ -212,6 +229,10 @@ mod tests {
         // A Delta change to a shared set copies it; the other stream is unaffected.
         b.apply_delta(false, &names(&["w"]), &[]);
         assert!(b.contains("w") && !a.contains("w"));
+        // Delta streams that reach the same set share it too.
+        let mut c = Subscription::default();
+        c.apply_delta(true, &names(&["w", "x", "y", "z"]), &[]);
+        assert!(Arc::ptr_eq(&b.names, &c.names));
         let change = a.replace(&names(&["x", "y", "z", "w"]));
         assert_eq!(change.added, ["w".to_string()].into());
         assert_eq!(a.names, b.names);
