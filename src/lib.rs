@@ -12,5 +12,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod model;
 pub mod server;
 pub mod snapshot;
+pub mod sources;
+pub mod translate;

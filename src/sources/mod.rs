@@ -1,0 +1,5 @@
+//! The "sources" stage: where the model comes from (Kubernetes objects from a manifest
+//! directory; the Kubernetes API watch comes with its own module).
+
+pub mod manifests;
+pub mod objects;
