@@ -8,8 +8,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing::info;
 
-use crate::server::{single_group, ClientRegistry, XdsServer};
-use crate::snapshot::{Snapshot, SnapshotCache, SnapshotSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::model::{Family, ListenerFamilies, ServiceKey};
+use crate::server::{ClientRegistry, XdsServer};
+use crate::snapshot::json::snapshot_json;
+use crate::snapshot::SnapshotCache;
+use crate::sources::manifests::{self, LabelSelector};
+use crate::translate::{self, Translator};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +33,59 @@ pub struct Cli {
 enum Command {
     /// Run the xDS server.
     Serve(Serve),
+    /// Print every resource for a node, as Envoy's canonical proto3 JSON.
+    Render(Render),
+}
+
+/// What to read from the objects, shared by `serve` and `render`.
+#[derive(Debug, clap::Args)]
+struct Selection {
+    /// Only Services with these labels.
+    #[arg(long, default_value = "dualstack-xds.io/expose=true")]
+    service_selector: LabelSelector,
+    /// Only these namespaces (repeatable; all when absent).
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// The ConfigMap whose `primaryFamily` overrides --primary-family.
+    #[arg(long, default_value = "dualstack-xds/dualstack-xds", value_parser = parse_namespaced)]
+    config_map: ServiceKey,
+    /// The primary family: Service endpoints of this family are served.
+    #[arg(long, default_value = "ipv4")]
+    primary_family: Family,
+}
+
+impl Selection {
+    fn filter(&self) -> manifests::Filter {
+        manifests::Filter {
+            service_selector: self.service_selector.clone(),
+            namespaces: self.namespaces.clone(),
+            config_map: self.config_map.clone(),
+        }
+    }
+}
+
+fn parse_namespaced(s: &str) -> Result<ServiceKey, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(ServiceKey {
+                namespace: ns.into(),
+                name: name.into(),
+            })
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct Render {
+    /// Directory of Kubernetes manifests (YAML or JSON).
+    #[arg(long)]
+    manifests: PathBuf,
+    /// The node's listener families.
+    #[arg(long, default_value = "IPv4,IPv6")]
+    node_families: ListenerFamilies,
+    #[command(flatten)]
+    selection: Selection,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -36,6 +96,11 @@ enum LogFormat {
 
 #[derive(Debug, clap::Args)]
 struct Serve {
+    /// Directory of Kubernetes manifests (YAML or JSON) to serve.
+    #[arg(long)]
+    manifests: PathBuf,
+    #[command(flatten)]
+    selection: Selection,
     /// Address the xDS gRPC server listens on.
     #[arg(long, default_value = "[::]:18000")]
     xds_addr: SocketAddr,
@@ -48,6 +113,7 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Command::Serve(serve) => serve.run().await,
+            Command::Render(render) => render.run(),
         }
     }
 }
@@ -55,24 +121,67 @@ impl Cli {
 impl Serve {
     async fn run(self) -> anyhow::Result<()> {
         let Serve {
+            manifests,
+            selection,
             xds_addr,
             log_format,
         } = self;
         init_logging(log_format);
         let cache = SnapshotCache::new();
-        // Sources and translation publish here; until they exist every client is served
-        // the empty configuration.
-        cache.publish(SnapshotSet::single(Snapshot::default()));
+        let (objects, errors) = manifests::load_dir(&manifests, &selection.filter())
+            .with_context(|| format!("reading {}", manifests.display()))?;
+        for error in &errors {
+            tracing::warn!(%error, "skipping a manifest file");
+        }
+        let model = objects.to_model();
+        for skipped in &model.skipped {
+            tracing::warn!(kind = %skipped.kind, namespace = %skipped.namespace, name = %skipped.name, reason = %skipped.reason, "skipping an invalid object");
+        }
+        let mut translator = Translator::new(selection.primary_family);
+        cache.publish(translator.update(&model, None)?);
+        info!(services = model.services.len(), "configuration published");
         let listener = TcpListener::bind(xds_addr)
             .await
             .with_context(|| format!("binding the xDS address {xds_addr}"))?;
         info!(addr = %listener.local_addr()?, "serving xDS");
-        let server = XdsServer::new(cache, single_group(), ClientRegistry::new());
+        let grouping: crate::server::NodeGrouping = Arc::new(translate::node_group);
+        let server = XdsServer::new(cache, grouping, ClientRegistry::new());
         server
             .serve(listener, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
+        Ok(())
+    }
+}
+
+impl Render {
+    fn run(self) -> anyhow::Result<()> {
+        let Render {
+            manifests,
+            node_families,
+            selection,
+        } = self;
+        let (objects, errors) = manifests::load_dir(&manifests, &selection.filter())
+            .with_context(|| format!("reading {}", manifests.display()))?;
+        for error in &errors {
+            eprintln!("warning: skipping {error}");
+        }
+        let model = objects.to_model();
+        let mut translator = Translator::new(selection.primary_family);
+        let set = translator.update(&model, None)?;
+        let snapshot = set
+            .get(&node_families.to_string())
+            .context("no snapshot for these listener families")?;
+        let mut json = snapshot_json(snapshot);
+        let skipped: Vec<_> = model
+            .skipped
+            .iter()
+            .chain(translator.conflicts().iter())
+            .cloned()
+            .collect();
+        json["skipped"] = serde_json::to_value(skipped)?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
         Ok(())
     }
 }

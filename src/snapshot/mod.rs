@@ -9,6 +9,7 @@
 mod cache;
 #[doc(hidden)]
 pub mod fixtures;
+pub mod json;
 mod resource;
 
 use std::collections::BTreeSet;

@@ -1,1 +1,373 @@
+//! Translation rules, on model values built by hand.
 
+use std::collections::BTreeMap;
+
+use prost::Message;
+
+use super::*;
+use crate::model::{Endpoint, EndpointState, ProxyProtocol};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+
+fn key(name: &str) -> ServiceKey {
+    ServiceKey {
+        namespace: "default".into(),
+        name: name.into(),
+    }
+}
+
+fn service(name: &str, port: u16, kind: PortKind) -> Service {
+    Service {
+        key: key(name),
+        ports: vec![ServicePort {
+            name: "main".into(),
+            port,
+            kind,
+            listener_port: port,
+        }],
+        primary_family: None,
+        failover: false,
+        proxy_protocol: None,
+        ingress: true,
+    }
+}
+
+fn endpoint(ip: &str, port: u16) -> Endpoint {
+    Endpoint {
+        address: ip.parse().unwrap(),
+        state: EndpointState::Ready,
+        zone: Some("zone-1".into()),
+        target: None,
+        ports: BTreeMap::from([("main".to_string(), port)]),
+    }
+}
+
+fn dual_endpoints() -> Endpoints {
+    Endpoints {
+        ipv4: vec![endpoint("10.0.0.1", 8080), endpoint("10.0.0.2", 8080)],
+        ipv6: vec![endpoint("fd00::1", 8080)],
+    }
+}
+
+fn model(services: Vec<Service>) -> Model {
+    Model {
+        services: services
+            .into_iter()
+            .map(|s| (s.key.clone(), (s, dual_endpoints())))
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn group<'a>(set: &'a SnapshotSet, families: &str) -> &'a Snapshot {
+    set.get(families).expect("group")
+}
+
+fn cla(snapshot: &Snapshot, name: &str) -> ClusterLoadAssignment {
+    let r = snapshot
+        .resources(ResourceType::Endpoint)
+        .get(name)
+        .unwrap();
+    ClusterLoadAssignment::decode(&*r.to_any().value).unwrap()
+}
+
+fn addresses(cla: &ClusterLoadAssignment, priority: u32) -> Vec<String> {
+    use envoy_types::pb::envoy::config::core::v3::address;
+    use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+    cla.endpoints
+        .iter()
+        .filter(|l| l.priority == priority)
+        .flat_map(|l| l.lb_endpoints.iter())
+        .map(|e| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(ep)) => match &ep.address.as_ref().unwrap().address {
+                Some(address::Address::SocketAddress(s)) => s.address.clone(),
+                _ => unreachable!(),
+            },
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+#[test]
+fn listeners_on_each_family_clusters_on_the_primary() {
+    let mut t = Translator::new(Family::IPv4);
+    let set = t
+        .update(&model(vec![service("web", 80, PortKind::Http)]), None)
+        .unwrap();
+    let both = group(&set, "IPv4,IPv6");
+    let listeners: Vec<_> = both
+        .resources(ResourceType::Listener)
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
+    assert_eq!(listeners, ["default/web:80:ipv4", "default/web:80:ipv6"]);
+    assert_eq!(both.resources(ResourceType::Route).len(), 1);
+    assert_eq!(
+        addresses(&cla(both, "default/web:80"), 0),
+        ["10.0.0.1", "10.0.0.2"]
+    );
+    // A node binding only IPv4 never gets an IPv6 listener, and vice versa.
+    let v4 = group(&set, "IPv4");
+    assert_eq!(v4.resources(ResourceType::Listener).len(), 1);
+    assert!(v4
+        .resources(ResourceType::Listener)
+        .get("default/web:80:ipv4")
+        .is_some());
+    let v6 = group(&set, "IPv6");
+    assert!(v6
+        .resources(ResourceType::Listener)
+        .get("default/web:80:ipv6")
+        .is_some());
+    // The IPv6 listener binds [::] v6-only.
+    let l = Listener::decode(
+        &*v6.resources(ResourceType::Listener)
+            .iter()
+            .next()
+            .unwrap()
+            .to_any()
+            .value,
+    )
+    .unwrap();
+    let json = format!("{:?}", l.address);
+    assert!(
+        json.contains("address: \"::\"") && json.contains("ipv4_compat: false"),
+        "{json}"
+    );
+}
+
+#[test]
+fn a_flip_changes_endpoints_and_nothing_else() {
+    let mut t = Translator::new(Family::IPv4);
+    let services = vec![
+        service("web", 80, PortKind::Http),
+        service("db", 5432, PortKind::Tcp),
+    ];
+    let mut m = model(services);
+    let before = t.update(&m, None).unwrap();
+    m.config_primary_family = Some(Family::IPv6);
+    let after = t.update(&m, None).unwrap();
+    for families in ["IPv4,IPv6", "IPv4", "IPv6"] {
+        let (b, a) = (group(&before, families), group(&after, families));
+        for ty in [
+            ResourceType::Cluster,
+            ResourceType::Listener,
+            ResourceType::Route,
+        ] {
+            assert_eq!(
+                b.resources(ty).version(),
+                a.resources(ty).version(),
+                "{ty} in {families}"
+            );
+        }
+        assert_ne!(
+            b.resources(ResourceType::Endpoint).version(),
+            a.resources(ResourceType::Endpoint).version()
+        );
+        assert_eq!(addresses(&cla(a, "default/db:5432"), 0), ["fd00::1"]);
+    }
+}
+
+#[test]
+fn annotation_overrides_config_map_overrides_flag() {
+    let mut t = Translator::new(Family::IPv6);
+    let mut pinned = service("pinned", 81, PortKind::Tcp);
+    pinned.primary_family = Some(Family::IPv4);
+    let mut m = model(vec![service("web", 80, PortKind::Tcp), pinned]);
+    let set = t.update(&m, None).unwrap();
+    let g = group(&set, "IPv4,IPv6");
+    assert_eq!(addresses(&cla(g, "default/web:80"), 0), ["fd00::1"], "flag");
+    assert_eq!(
+        addresses(&cla(g, "default/pinned:81"), 0),
+        ["10.0.0.1", "10.0.0.2"],
+        "annotation"
+    );
+    m.config_primary_family = Some(Family::IPv4);
+    m.services.get_mut(&key("pinned")).unwrap().0.primary_family = Some(Family::IPv6);
+    let set = t.update(&m, None).unwrap();
+    let g = group(&set, "IPv4,IPv6");
+    assert_eq!(
+        addresses(&cla(g, "default/web:80"), 0),
+        ["10.0.0.1", "10.0.0.2"],
+        "config map"
+    );
+    assert_eq!(
+        addresses(&cla(g, "default/pinned:81"), 0),
+        ["fd00::1"],
+        "annotation"
+    );
+}
+
+#[test]
+fn failover_puts_the_other_family_at_priority_one() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut svc = service("web", 80, PortKind::Tcp);
+    svc.failover = true;
+    let mut m = model(vec![svc]);
+    let set = t.update(&m, None).unwrap();
+    let c = cla(group(&set, "IPv4"), "default/web:80");
+    assert_eq!(addresses(&c, 0), ["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(addresses(&c, 1), ["fd00::1"]);
+    // No primary endpoints at all: priority 0 is present and empty.
+    m.services.get_mut(&key("web")).unwrap().1.ipv4.clear();
+    let set = t.update(&m, None).unwrap();
+    let c = cla(group(&set, "IPv4"), "default/web:80");
+    assert!(addresses(&c, 0).is_empty());
+    assert_eq!(c.endpoints[0].priority, 0);
+    assert_eq!(addresses(&c, 1), ["fd00::1"]);
+}
+
+#[test]
+fn a_change_to_one_service_touches_only_its_resources() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut m = model(
+        (0..50)
+            .map(|i| service(&format!("s{i}"), 1000 + i, PortKind::Tcp))
+            .collect(),
+    );
+    let before = t.update(&m, None).unwrap();
+    m.services
+        .get_mut(&key("s7"))
+        .unwrap()
+        .1
+        .ipv4
+        .push(endpoint("10.0.0.9", 8080));
+    let changed = [key("s7")].into();
+    let after = t.update(&m, Some(&changed)).unwrap();
+    let g = |s: &SnapshotSet| group(s, "IPv4,IPv6").clone();
+    let (b, a) = (g(&before), g(&after));
+    let changes: Vec<String> = b
+        .resources(ResourceType::Endpoint)
+        .changes_to(a.resources(ResourceType::Endpoint))
+        .map(|c| c.name().to_string())
+        .collect();
+    assert_eq!(changes, ["default/s7:1007"]);
+    assert_eq!(
+        b.resources(ResourceType::Listener)
+            .changes_to(a.resources(ResourceType::Listener))
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn listener_port_conflicts_are_reported_and_the_first_service_keeps_the_port() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut m = model(vec![
+        service("b", 80, PortKind::Tcp),
+        service("a", 80, PortKind::Tcp),
+    ]);
+    let set = t.update(&m, None).unwrap();
+    let g = group(&set, "IPv4,IPv6");
+    assert!(g
+        .resources(ResourceType::Listener)
+        .get("default/a:80:ipv4")
+        .is_some());
+    assert!(g
+        .resources(ResourceType::Listener)
+        .get("default/b:80:ipv4")
+        .is_none());
+    // b's cluster is still served (gRPC clients can use it).
+    assert!(g
+        .resources(ResourceType::Cluster)
+        .get("default/b:80")
+        .is_some());
+    let conflicts = t.conflicts();
+    assert_eq!(conflicts.len(), 1);
+    assert!(
+        conflicts[0].reason.contains("default/a"),
+        "{}",
+        conflicts[0].reason
+    );
+    // UDP on the same port is a different socket: no conflict.
+    m.services.insert(
+        key("u"),
+        (service("u", 80, PortKind::Udp), dual_endpoints()),
+    );
+    // When a leaves, b gets the port.
+    m.services.remove(&key("a"));
+    let set = t.update(&m, None).unwrap();
+    let g = group(&set, "IPv4,IPv6");
+    assert!(g
+        .resources(ResourceType::Listener)
+        .get("default/b:80:ipv4")
+        .is_some());
+    assert!(g
+        .resources(ResourceType::Listener)
+        .get("default/u:80:ipv4")
+        .is_some());
+    assert!(t.conflicts().is_empty());
+}
+
+#[test]
+fn ingress_false_serves_clusters_without_listeners() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut svc = service("grpc-only", 9000, PortKind::Grpc);
+    svc.ingress = false;
+    let set = t.update(&model(vec![svc]), None).unwrap();
+    let g = group(&set, "IPv4,IPv6");
+    assert!(g.resources(ResourceType::Listener).is_empty());
+    assert!(g.resources(ResourceType::Route).is_empty());
+    assert_eq!(g.resources(ResourceType::Cluster).len(), 1);
+}
+
+#[test]
+fn proxy_protocol_and_http2_upstreams() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut svc = service("pp", 443, PortKind::Grpc);
+    svc.proxy_protocol = Some(ProxyProtocol::V2);
+    let set = t.update(&model(vec![svc]), None).unwrap();
+    let r = group(&set, "IPv4")
+        .resources(ResourceType::Cluster)
+        .get("default/pp:443")
+        .unwrap()
+        .clone();
+    let c =
+        envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&*r.to_any().value).unwrap();
+    assert_eq!(
+        c.transport_socket.unwrap().name,
+        "envoy.transport_sockets.upstream_proxy_protocol"
+    );
+    assert!(c
+        .typed_extension_protocol_options
+        .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"));
+}
+
+#[test]
+fn node_groups_come_from_metadata() {
+    use envoy_types::pb::google::protobuf::{value, Struct, Value};
+    let node = |v: Option<&str>| Node {
+        id: "n".into(),
+        metadata: v.map(|v| Struct {
+            fields: [(
+                LISTENER_FAMILIES_KEY.to_string(),
+                Value {
+                    kind: Some(value::Kind::StringValue(v.into())),
+                },
+            )]
+            .into(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(node_group(&node(None)).unwrap(), "IPv4,IPv6");
+    assert_eq!(node_group(&node(Some("IPv6"))).unwrap(), "IPv6");
+    assert_eq!(node_group(&node(Some("ipv6,ipv4"))).unwrap(), "IPv4,IPv6");
+    assert!(node_group(&node(Some("IPv7")))
+        .unwrap_err()
+        .contains("IPv7"));
+}
+
+#[test]
+fn same_input_same_versions_in_another_translator() {
+    let m = model(vec![
+        service("web", 80, PortKind::Http),
+        service("dns", 53, PortKind::Udp),
+    ]);
+    let a = Translator::new(Family::IPv4).update(&m, None).unwrap();
+    let b = Translator::new(Family::IPv4).update(&m, None).unwrap();
+    for ty in ResourceType::ALL {
+        assert_eq!(
+            group(&a, "IPv4,IPv6").resources(ty).version(),
+            group(&b, "IPv4,IPv6").resources(ty).version()
+        );
+    }
+}

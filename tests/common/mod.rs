@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dualstack_xds::server::{single_group, ClientRegistry, XdsServer};
+use dualstack_xds::server::{single_group, ClientRegistry, NodeGrouping, XdsServer};
 use dualstack_xds::snapshot::SnapshotCache;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -22,11 +22,16 @@ pub struct TestServer {
 }
 
 pub async fn start_server() -> TestServer {
+    start_server_with(single_group()).await
+}
+
+/// The server with a node grouping (for example `translate::node_group`).
+pub async fn start_server_with(grouping: NodeGrouping) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cache = SnapshotCache::new();
     let registry = ClientRegistry::new();
-    let server = XdsServer::new(cache.clone(), single_group(), registry.clone());
+    let server = XdsServer::new(cache.clone(), grouping, registry.clone());
     let (stop, stopped) = oneshot::channel();
     tokio::spawn(server.serve(listener, async {
         let _ = stopped.await;
@@ -96,6 +101,16 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy with a bootstrap from `envoy/`, pointed at `xds`.
     pub async fn start(bootstrap: &str, xds: SocketAddr, node_id: &str) -> Envoy {
+        Self::start_with(bootstrap, xds, node_id, None).await
+    }
+
+    /// Same, with `--config-yaml` merged over the bootstrap (node metadata, say).
+    pub async fn start_with(
+        bootstrap: &str,
+        xds: SocketAddr,
+        node_id: &str,
+        overlay: Option<&str>,
+    ) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let text = std::fs::read_to_string(repo_path(bootstrap)).unwrap();
         assert!(text.contains("port_value: 18000") && text.contains("port_value: 9901"));
@@ -117,6 +132,7 @@ impl Envoy {
             .arg("--base-id")
             .arg(next_base_id().to_string())
             .args(["--log-level", "info", "--concurrency", "1"])
+            .args(overlay.map(|o| ["--config-yaml", o]).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -189,8 +205,13 @@ impl Drop for Envoy {
 
 /// A TCP echo server on 127.0.0.1 that prefixes replies with `tag`.
 pub async fn echo_server(tag: &'static str) -> SocketAddr {
+    echo_server_on("127.0.0.1:0", tag).await
+}
+
+/// A TCP echo server on `bind` that prefixes replies with `tag`.
+pub async fn echo_server_on(bind: &str, tag: &'static str) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -226,6 +247,98 @@ pub async fn tcp_roundtrip(addr: SocketAddr, msg: &str) -> Option<String> {
         (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
     };
     tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A UDP echo server on `bind` that prefixes replies with `tag`.
+pub async fn udp_echo_on(bind: &str, tag: &'static str) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind(bind).await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            let mut reply = tag.as_bytes().to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, peer).await;
+        }
+    });
+    addr
+}
+
+/// Sends one datagram to `addr` and returns the reply, if one comes within a second.
+pub async fn udp_roundtrip(addr: SocketAddr, msg: &str) -> Option<String> {
+    let bind = if addr.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.send_to(msg.as_bytes(), addr).await.ok()?;
+    let mut buf = [0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// An HTTP/1.1 server on `bind` answering `tag` followed by the request's
+/// X-Forwarded-For header.
+pub async fn http_server_on(bind: &str, tag: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let xff = text
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("x-forwarded-for")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let body = format!("{tag}{xff}");
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// GET / over HTTP/1.1; the response body, or `None` on failure.
+pub async fn http_get(addr: SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        s.read_to_end(&mut response).await.ok()?;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if !text.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
         .await
         .ok()
         .flatten()

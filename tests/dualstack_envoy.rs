@@ -1,0 +1,323 @@
+//! Translation proven with real Envoy on loopback: listeners on both families, endpoints of
+//! the primary family, a flip as an EDS push only, UDP and HTTP, listener families per node.
+//! (The proof across single-family hosts, in network namespaces, is tests/netns.rs.)
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use dualstack_xds::model::{Family, ServiceKey};
+use dualstack_xds::snapshot::SnapshotCache;
+use dualstack_xds::sources::manifests::{load_dir, Filter};
+use dualstack_xds::translate::{node_group, Translator};
+
+struct Backends {
+    tcp4: SocketAddr,
+    tcp6: SocketAddr,
+    udp4: SocketAddr,
+    udp6: SocketAddr,
+    http4: SocketAddr,
+    http6: SocketAddr,
+}
+
+struct Ports {
+    tcp: u16,
+    udp: u16,
+    http: u16,
+}
+
+fn slice(
+    name: &str,
+    service: &str,
+    family: &str,
+    ip: &str,
+    port_name: &str,
+    port: u16,
+    protocol: &str,
+) -> String {
+    format!(
+        r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: test
+  labels: {{kubernetes.io/service-name: {service}}}
+addressType: {family}
+ports: [{{name: {port_name}, port: {port}, protocol: {protocol}}}]
+endpoints:
+- addresses: ["{ip}"]
+  conditions: {{ready: true}}
+"#
+    )
+}
+
+fn write_manifests(dir: &Path, b: &Backends, p: &Ports, primary: &str) {
+    let mut text = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: dualstack-xds, namespace: dualstack-xds}}
+data: {{primaryFamily: {primary}}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: test
+  labels: {{dualstack-xds.io/expose: "true"}}
+  annotations: {{dualstack-xds.io/listener-ports: "7={tcp}"}}
+spec: {{ports: [{{name: echo, port: 7}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: uecho
+  namespace: test
+  labels: {{dualstack-xds.io/expose: "true"}}
+  annotations: {{dualstack-xds.io/listener-ports: "7={udp}"}}
+spec: {{ports: [{{name: uecho, port: 7, protocol: UDP}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: test
+  labels: {{dualstack-xds.io/expose: "true"}}
+  annotations: {{dualstack-xds.io/listener-ports: "80={http}"}}
+spec: {{ports: [{{name: http, port: 80, appProtocol: http}}]}}
+"#,
+        tcp = p.tcp,
+        udp = p.udp,
+        http = p.http
+    );
+    text += &slice(
+        "echo-4",
+        "echo",
+        "IPv4",
+        "127.0.0.1",
+        "echo",
+        b.tcp4.port(),
+        "TCP",
+    );
+    text += &slice(
+        "echo-6",
+        "echo",
+        "IPv6",
+        "::1",
+        "echo",
+        b.tcp6.port(),
+        "TCP",
+    );
+    text += &slice(
+        "uecho-4",
+        "uecho",
+        "IPv4",
+        "127.0.0.1",
+        "uecho",
+        b.udp4.port(),
+        "UDP",
+    );
+    text += &slice(
+        "uecho-6",
+        "uecho",
+        "IPv6",
+        "::1",
+        "uecho",
+        b.udp6.port(),
+        "UDP",
+    );
+    text += &slice(
+        "web-4",
+        "web",
+        "IPv4",
+        "127.0.0.1",
+        "http",
+        b.http4.port(),
+        "TCP",
+    );
+    text += &slice("web-6", "web", "IPv6", "::1", "http", b.http6.port(), "TCP");
+    std::fs::write(dir.join("services.yaml"), text).unwrap();
+}
+
+fn filter() -> Filter {
+    Filter {
+        service_selector: "dualstack-xds.io/expose=true".parse().unwrap(),
+        namespaces: vec![],
+        config_map: ServiceKey {
+            namespace: "dualstack-xds".into(),
+            name: "dualstack-xds".into(),
+        },
+    }
+}
+
+fn publish(dir: &Path, translator: &mut Translator, cache: &SnapshotCache) {
+    let (objects, errors) = load_dir(dir, &filter()).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let model = objects.to_model();
+    assert!(model.skipped.is_empty(), "{:?}", model.skipped);
+    cache.publish(translator.update(&model, None).unwrap());
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
+    let backends = Backends {
+        tcp4: echo_server_on("127.0.0.1:0", "tcp4:").await,
+        tcp6: echo_server_on("[::1]:0", "tcp6:").await,
+        udp4: udp_echo_on("127.0.0.1:0", "udp4:").await,
+        udp6: udp_echo_on("[::1]:0", "udp6:").await,
+        http4: http_server_on("127.0.0.1:0", "http4 xff=").await,
+        http6: http_server_on("[::1]:0", "http6 xff=").await,
+    };
+    let ports = Ports {
+        tcp: free_port(),
+        udp: free_port(),
+        http: free_port(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path(), &backends, &ports, "IPv4");
+    let server = start_server_with(Arc::new(node_group)).await;
+    let mut translator = Translator::new(Family::IPv6);
+    publish(dir.path(), &mut translator, &server.cache);
+    let envoy = Envoy::start("envoy/ads-sotw.yaml", server.addr, "dual").await;
+    envoy
+        .wait_stat("listener_manager.lds.update_success", 1)
+        .await;
+
+    // NAT64: IPv6 clients reach the IPv4 backends (the ConfigMap's IPv4 beats the flag).
+    let tcp6 = eventually(
+        "TCP over the IPv6 listener",
+        Duration::from_secs(20),
+        || tcp_roundtrip(addr("::1", ports.tcp), "hi"),
+    )
+    .await;
+    assert_eq!(tcp6, "tcp4:hi");
+    assert_eq!(
+        tcp_roundtrip(addr("127.0.0.1", ports.tcp), "hi")
+            .await
+            .as_deref(),
+        Some("tcp4:hi")
+    );
+    let udp = eventually(
+        "UDP over the IPv6 listener",
+        Duration::from_secs(20),
+        || udp_roundtrip(addr("::1", ports.udp), "ping"),
+    )
+    .await;
+    assert_eq!(udp, "udp4:ping");
+    let http = eventually(
+        "HTTP over the IPv6 listener",
+        Duration::from_secs(20),
+        || http_get(addr("::1", ports.http)),
+    )
+    .await;
+    // Envoy writes its own host address into X-Forwarded-For for loopback clients; the
+    // real client address is checked across hosts in tests/netns.rs.
+    assert!(
+        http.starts_with("http4 xff=") && http.len() > "http4 xff=".len(),
+        "{http}"
+    );
+
+    // Flip the ConfigMap: NAT46, as an EDS push only.
+    let cds = envoy.stat("cluster_manager.cds.update_success").await;
+    let lds = envoy.stat("listener_manager.lds.update_success").await;
+    let eds = envoy.stat("cluster.test/echo_7.update_success").await;
+    assert!(eds >= 1, "EDS stat name");
+    write_manifests(dir.path(), &backends, &ports, "IPv6");
+    publish(dir.path(), &mut translator, &server.cache);
+    let tcp4 = eventually(
+        "TCP to the IPv6 backend",
+        Duration::from_secs(20),
+        || async {
+            tcp_roundtrip(addr("127.0.0.1", ports.tcp), "hi")
+                .await
+                .filter(|r| r == "tcp6:hi")
+        },
+    )
+    .await;
+    assert_eq!(tcp4, "tcp6:hi");
+    assert_eq!(
+        udp_roundtrip(addr("127.0.0.1", ports.udp), "ping")
+            .await
+            .as_deref(),
+        Some("udp6:ping")
+    );
+    let http = http_get(addr("127.0.0.1", ports.http))
+        .await
+        .unwrap_or_default();
+    assert!(http.starts_with("http6 xff="), "{http}");
+    assert!(envoy.stat("cluster.test/echo_7.update_success").await > eds);
+    assert_eq!(
+        envoy.stat("cluster_manager.cds.update_success").await,
+        cds,
+        "no CDS push"
+    );
+    assert_eq!(
+        envoy.stat("listener_manager.lds.update_success").await,
+        lds,
+        "no LDS push"
+    );
+    assert_eq!(
+        envoy.stat("listener_manager.lds.update_rejected").await,
+        0,
+        "{}",
+        envoy.log()
+    );
+    assert_eq!(envoy.stat("cluster_manager.cds.update_rejected").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv4_only_node_gets_only_ipv4_listeners() {
+    let backends = Backends {
+        tcp4: echo_server_on("127.0.0.1:0", "tcp4:").await,
+        tcp6: echo_server_on("[::1]:0", "tcp6:").await,
+        udp4: udp_echo_on("127.0.0.1:0", "udp4:").await,
+        udp6: udp_echo_on("[::1]:0", "udp6:").await,
+        http4: http_server_on("127.0.0.1:0", "http4 xff=").await,
+        http6: http_server_on("[::1]:0", "http6 xff=").await,
+    };
+    let ports = Ports {
+        tcp: free_port(),
+        udp: free_port(),
+        http: free_port(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_manifests(dir.path(), &backends, &ports, "IPv4");
+    let server = start_server_with(Arc::new(node_group)).await;
+    let mut translator = Translator::new(Family::IPv4);
+    publish(dir.path(), &mut translator, &server.cache);
+    let overlay = r#"{"node": {"metadata": {"dualstack-xds.io/listener-families": "IPv4"}}}"#;
+    let envoy = Envoy::start_with(
+        "envoy/ads-delta.yaml",
+        server.addr,
+        "v4-only",
+        Some(overlay),
+    )
+    .await;
+    envoy
+        .wait_stat("listener_manager.lds.update_success", 1)
+        .await;
+    let listeners = eventually("listeners", Duration::from_secs(20), || async {
+        let text = envoy.admin_get("/listeners?format=json").await;
+        text.contains("test/web:80:ipv4").then_some(text)
+    })
+    .await;
+    assert!(!listeners.contains(":ipv6"), "{listeners}");
+    assert_eq!(listeners.matches(":ipv4\"").count(), 3, "{listeners}");
+    assert!(tcp_roundtrip(addr("::1", ports.tcp), "x").await.is_none());
+    assert_eq!(
+        tcp_roundtrip(addr("127.0.0.1", ports.tcp), "x")
+            .await
+            .as_deref(),
+        Some("tcp4:x")
+    );
+    let clients = server.registry.clients();
+    assert_eq!(clients[0].group, "IPv4");
+}
