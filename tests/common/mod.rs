@@ -96,6 +96,8 @@ pub struct Envoy {
     pub admin: SocketAddr,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
+    /// The network namespace Envoy runs in, if not the test's own.
+    netns: Option<String>,
 }
 
 impl Envoy {
@@ -111,6 +113,26 @@ impl Envoy {
         node_id: &str,
         overlay: Option<&str>,
     ) -> Envoy {
+        Self::launch(bootstrap, xds, node_id, overlay, None).await
+    }
+
+    /// Starts Envoy inside network namespace `netns` (`xds` is an address there).
+    pub async fn start_in_netns(
+        netns: &str,
+        bootstrap: &str,
+        xds: SocketAddr,
+        node_id: &str,
+    ) -> Envoy {
+        Self::launch(bootstrap, xds, node_id, None, Some(netns)).await
+    }
+
+    async fn launch(
+        bootstrap: &str,
+        xds: SocketAddr,
+        node_id: &str,
+        overlay: Option<&str>,
+        netns: Option<&str>,
+    ) -> Envoy {
         let dir = tempfile::tempdir().unwrap();
         let text = std::fs::read_to_string(repo_path(bootstrap)).unwrap();
         assert!(text.contains("port_value: 18000") && text.contains("port_value: 9901"));
@@ -121,7 +143,15 @@ impl Envoy {
         std::fs::write(&config, text).unwrap();
         let admin_path = dir.path().join("admin");
         let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
-        let child = Command::new(envoy_binary())
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(envoy_binary());
+                c
+            }
+            None => Command::new(envoy_binary()),
+        };
+        let child = command
             .arg("-c")
             .arg(&config)
             .arg("--service-node")
@@ -151,11 +181,20 @@ impl Envoy {
             admin,
             _dir: dir,
             http: reqwest::Client::new(),
+            netns: netns.map(str::to_owned),
         }
     }
 
     /// GET on the admin API.
     pub async fn admin_get(&self, path: &str) -> String {
+        if let Some(ns) = self.netns.clone() {
+            let (admin, path) = (self.admin, path.to_owned());
+            return tokio::task::spawn_blocking(move || {
+                in_netns(&ns, move || blocking_http_get(admin, &path)).unwrap_or_default()
+            })
+            .await
+            .unwrap();
+        }
         self.http
             .get(format!("http://{}{}", self.admin, path))
             .send()
@@ -203,6 +242,54 @@ impl Drop for Envoy {
     }
 }
 
+/// Runs `f` on a thread that has joined network namespace `ns` (sockets made there stay
+/// in that namespace when used from elsewhere).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A plain blocking HTTP/1.1 GET (Envoy refuses HTTP/1.0); the body.
+pub fn blocking_http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some(body.to_owned());
+    }
+    // De-chunk: size line, data, CRLF, until the zero-size chunk.
+    let (mut rest, mut out) = (body, String::new());
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size + 2..)?;
+    }
+}
+
 /// A TCP echo server on 127.0.0.1 that prefixes replies with `tag`.
 pub async fn echo_server(tag: &'static str) -> SocketAddr {
     echo_server_on("127.0.0.1:0", tag).await
@@ -210,8 +297,12 @@ pub async fn echo_server(tag: &'static str) -> SocketAddr {
 
 /// A TCP echo server on `bind` that prefixes replies with `tag`.
 pub async fn echo_server_on(bind: &str, tag: &'static str) -> SocketAddr {
+    serve_echo(TcpListener::bind(bind).await.unwrap(), tag)
+}
+
+/// Serves TCP echo on `listener`, prefixing replies with `tag`.
+pub fn serve_echo(listener: TcpListener, tag: &'static str) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -254,7 +345,11 @@ pub async fn tcp_roundtrip(addr: SocketAddr, msg: &str) -> Option<String> {
 
 /// A UDP echo server on `bind` that prefixes replies with `tag`.
 pub async fn udp_echo_on(bind: &str, tag: &'static str) -> SocketAddr {
-    let socket = tokio::net::UdpSocket::bind(bind).await.unwrap();
+    serve_udp_echo(tokio::net::UdpSocket::bind(bind).await.unwrap(), tag)
+}
+
+/// Serves UDP echo on `socket`, prefixing replies with `tag`.
+pub fn serve_udp_echo(socket: tokio::net::UdpSocket, tag: &'static str) -> SocketAddr {
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
@@ -287,8 +382,12 @@ pub async fn udp_roundtrip(addr: SocketAddr, msg: &str) -> Option<String> {
 /// An HTTP/1.1 server on `bind` answering `tag` followed by the request's
 /// X-Forwarded-For header.
 pub async fn http_server_on(bind: &str, tag: &'static str) -> SocketAddr {
+    serve_http(TcpListener::bind(bind).await.unwrap(), tag)
+}
+
+/// Serves HTTP on `listener`: `tag` followed by the request's X-Forwarded-For.
+pub fn serve_http(listener: TcpListener, tag: &'static str) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {

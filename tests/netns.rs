@@ -1,0 +1,487 @@
+//! The product's proof across single-family hosts, in Linux network namespaces this test
+//! creates (private addresses only inside them):
+//!
+//! ```text
+//!   c6 (IPv6 only) fd64:6::2 ──┐                  ┌── b4 (IPv4 only) 10.64.14.2
+//!                              ├── ing (both) ────┤
+//!   c4 (IPv4 only) 10.64.4.2 ──┘  dualstack-xds   └── b6 (IPv6 only) fd64:16::2
+//!                                 + real Envoy
+//! ```
+//!
+//! The xDS server's socket and Envoy live in `ing`; clients and backends are sockets made
+//! inside their namespaces. Needs root (CI runs as root).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use dualstack_xds::model::{Family, ServiceKey};
+use dualstack_xds::server::{ClientRegistry, XdsServer};
+use dualstack_xds::snapshot::SnapshotCache;
+use dualstack_xds::sources::manifests::{load_dir, Filter};
+use dualstack_xds::translate::{node_group, Translator};
+
+const ING_C4: &str = "10.64.4.1";
+const C4: &str = "10.64.4.2";
+const ING_C6: &str = "fd64:6::1";
+const C6: &str = "fd64:6::2";
+const B4: &str = "10.64.14.2";
+const B6: &str = "fd64:16::2";
+
+/// Listener ports on the ingress, and backend ports.
+const ECHO: u16 = 10007;
+const PINNED: u16 = 10008;
+const PROXY: u16 = 10009;
+const FAILOVER: u16 = 10010;
+const UDP: u16 = 10053;
+const WEB: u16 = 10080;
+const B_ECHO: u16 = 7007;
+const B_PROXY: u16 = 7009;
+const B_UDP: u16 = 7053;
+const B_WEB: u16 = 7080;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The five hosts; deleted on drop.
+struct Hosts {
+    prefix: String,
+}
+
+impl Hosts {
+    fn ns(&self, role: &str) -> String {
+        format!("{}{role}", self.prefix)
+    }
+
+    fn create() -> Hosts {
+        let hosts = Hosts {
+            prefix: format!("dsx{}", std::process::id() % 100_000),
+        };
+        let ing = hosts.ns("ing");
+        for role in ["ing", "c4", "c6", "b4", "b6"] {
+            let ns = hosts.ns(role);
+            let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+            ip(&["netns", "add", &ns]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        }
+        // (peer, ingress address, peer address, prefix length)
+        let links = [
+            ("c4", ING_C4, C4, "24"),
+            ("b4", "10.64.14.1", B4, "24"),
+            ("c6", ING_C6, C6, "64"),
+            ("b6", "fd64:16::1", B6, "64"),
+        ];
+        for (role, ing_addr, peer_addr, len) in links {
+            let peer = hosts.ns(role);
+            let (a, b) = (
+                format!("{}{role}i", hosts.prefix),
+                format!("{}{role}p", hosts.prefix),
+            );
+            ip(&[
+                "link", "add", &a, "netns", &ing, "type", "veth", "peer", "name", &b, "netns",
+                &peer,
+            ]);
+            let v6 = ing_addr.contains(':');
+            if !v6 {
+                // An IPv4-only host: no IPv6 at all.
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &peer,
+                        "sysctl",
+                        "-qw",
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            for (ns, dev, addr) in [(&ing, &a, ing_addr), (&peer, &b, peer_addr)] {
+                let cidr = format!("{addr}/{len}");
+                if v6 {
+                    ip(&["-n", ns, "addr", "add", &cidr, "dev", dev, "nodad"]);
+                } else {
+                    ip(&["-n", ns, "addr", "add", &cidr, "dev", dev]);
+                }
+                ip(&["-n", ns, "link", "set", dev, "up"]);
+            }
+        }
+        hosts
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for role in ["ing", "c4", "c6", "b4", "b6"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(role)])
+                .output();
+        }
+    }
+}
+
+fn sa(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+fn bind_tcp(ns: &str, addr: SocketAddr) -> tokio::net::TcpListener {
+    let l = in_netns(ns, move || std::net::TcpListener::bind(addr).unwrap());
+    l.set_nonblocking(true).unwrap();
+    tokio::net::TcpListener::from_std(l).unwrap()
+}
+
+fn bind_udp(ns: &str, addr: SocketAddr) -> tokio::net::UdpSocket {
+    let s = in_netns(ns, move || std::net::UdpSocket::bind(addr).unwrap());
+    s.set_nonblocking(true).unwrap();
+    tokio::net::UdpSocket::from_std(s).unwrap()
+}
+
+/// A backend that answers with `tag` and the PROXY protocol v1 line it received.
+fn serve_proxy_reader(listener: tokio::net::TcpListener, tag: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while !line.ends_with(b"\r\n") {
+                    match s.read(&mut byte).await {
+                        Ok(1) => line.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let reply = format!("{tag}{}", String::from_utf8_lossy(&line).trim_end());
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+}
+
+fn start_backends(hosts: &Hosts) {
+    for (role, addr, tag) in [("b4", "0.0.0.0", "b4"), ("b6", "::", "b6")] {
+        let ns = hosts.ns(role);
+        let tag: &'static str = tag;
+        serve_echo(
+            bind_tcp(&ns, sa(addr, B_ECHO)),
+            Box::leak(format!("{tag}:").into_boxed_str()),
+        );
+        serve_udp_echo(
+            bind_udp(&ns, sa(addr, B_UDP)),
+            Box::leak(format!("{tag}:").into_boxed_str()),
+        );
+        serve_http(
+            bind_tcp(&ns, sa(addr, B_WEB)),
+            Box::leak(format!("{tag} xff=").into_boxed_str()),
+        );
+        serve_proxy_reader(
+            bind_tcp(&ns, sa(addr, B_PROXY)),
+            Box::leak(format!("{tag} ").into_boxed_str()),
+        );
+    }
+}
+
+/// One TCP exchange from a client host: a new connection, `msg` out, the reply back.
+async fn tcp_from(ns: &str, to: SocketAddr, msg: &str) -> Option<String> {
+    let (ns, msg) = (ns.to_owned(), msg.to_owned());
+    tokio::task::spawn_blocking(move || {
+        in_netns(&ns, move || {
+            let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+            s.write_all(msg.as_bytes()).ok()?;
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).ok()?;
+            (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    })
+    .await
+    .unwrap()
+}
+
+async fn udp_from(ns: &str, to: SocketAddr, msg: &str) -> Option<String> {
+    let (ns, msg) = (ns.to_owned(), msg.to_owned());
+    tokio::task::spawn_blocking(move || {
+        in_netns(&ns, move || {
+            let bind = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+            let s = std::net::UdpSocket::bind(bind).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            s.send_to(msg.as_bytes(), to).ok()?;
+            let mut buf = [0u8; 512];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+    })
+    .await
+    .unwrap()
+}
+
+async fn http_from(ns: &str, to: SocketAddr) -> Option<String> {
+    let ns = ns.to_owned();
+    tokio::task::spawn_blocking(move || in_netns(&ns, move || blocking_http_get(to, "/")))
+        .await
+        .unwrap()
+}
+
+fn manifests(dir: &Path, primary: &str) {
+    let service = |name: &str, port: u16, listener: u16, extra: &str, spec_port: &str| {
+        format!(
+            r#"---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  namespace: t
+  labels: {{dualstack-xds.io/expose: "true"}}
+  annotations: {{dualstack-xds.io/listener-ports: "{port}={listener}"{extra}}}
+spec: {{ports: [{{name: p, port: {port}{spec_port}}}]}}
+"#
+        )
+    };
+    let slice = |name: &str, service: &str, family: &str, addr: &str, port: u16, proto: &str| {
+        format!(
+            r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}
+  namespace: t
+  labels: {{kubernetes.io/service-name: {service}}}
+addressType: {family}
+ports: [{{name: p, port: {port}, protocol: {proto}}}]
+endpoints: [{{addresses: ["{addr}"], conditions: {{ready: true}}}}]
+"#
+        )
+    };
+    let mut text = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: dualstack-xds, namespace: dualstack-xds}}\ndata: {{primaryFamily: {primary}}}\n"
+    );
+    text += &service("echo", 7, ECHO, "", "");
+    text += &service(
+        "pinned",
+        8,
+        PINNED,
+        r#", dualstack-xds.io/primary-family: "IPv6""#,
+        "",
+    );
+    text += &service(
+        "pp",
+        9,
+        PROXY,
+        r#", dualstack-xds.io/proxy-protocol: "v1""#,
+        "",
+    );
+    text += &service(
+        "fo",
+        10,
+        FAILOVER,
+        r#", dualstack-xds.io/failover: "true""#,
+        "",
+    );
+    text += &service("udp", 53, UDP, "", ", protocol: UDP");
+    text += &service("web", 80, WEB, "", ", appProtocol: http");
+    for (svc, port, proto) in [
+        ("echo", B_ECHO, "TCP"),
+        ("pinned", B_ECHO, "TCP"),
+        ("pp", B_PROXY, "TCP"),
+        ("udp", B_UDP, "UDP"),
+        ("web", B_WEB, "TCP"),
+    ] {
+        text += &slice(&format!("{svc}-4"), svc, "IPv4", B4, port, proto);
+        text += &slice(&format!("{svc}-6"), svc, "IPv6", B6, port, proto);
+    }
+    // The failover Service has endpoints only in IPv6.
+    text += &slice("fo-6", "fo", "IPv6", B6, B_ECHO, "TCP");
+    std::fs::write(dir.join("all.yaml"), text).unwrap();
+}
+
+fn publish(dir: &Path, translator: &mut Translator, cache: &SnapshotCache) {
+    let filter = Filter {
+        service_selector: "dualstack-xds.io/expose=true".parse().unwrap(),
+        namespaces: vec![],
+        config_map: ServiceKey {
+            namespace: "dualstack-xds".into(),
+            name: "dualstack-xds".into(),
+        },
+    };
+    let (objects, errors) = load_dir(dir, &filter).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let model = objects.to_model();
+    assert!(model.skipped.is_empty(), "{:?}", model.skipped);
+    cache.publish(translator.update(&model, None).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat64_and_nat46_across_single_family_hosts() {
+    let hosts = Hosts::create();
+    let (ing, c4, c6) = (hosts.ns("ing"), hosts.ns("c4"), hosts.ns("c6"));
+    start_backends(&hosts);
+
+    // The control plane and Envoy on the ingress host.
+    let xds = bind_tcp(&ing, sa("127.0.0.1", 0));
+    let xds_addr = xds.local_addr().unwrap();
+    let cache = SnapshotCache::new();
+    let server = XdsServer::new(cache.clone(), Arc::new(node_group), ClientRegistry::new());
+    tokio::spawn(server.serve(xds, std::future::pending()));
+    let dir = tempfile::tempdir().unwrap();
+    manifests(dir.path(), "IPv4");
+    let mut translator = Translator::new(Family::IPv6);
+    publish(dir.path(), &mut translator, &cache);
+    let envoy = Envoy::start_in_netns(&ing, "envoy/ads-sotw.yaml", xds_addr, "ingress").await;
+    envoy
+        .wait_stat("listener_manager.lds.update_success", 1)
+        .await;
+
+    // NAT64: the IPv6-only client reaches the IPv4-only backend through the ingress...
+    let reply = eventually("NAT64 through the ingress", Duration::from_secs(30), || {
+        tcp_from(&c6, sa(ING_C6, ECHO), "hello")
+    })
+    .await;
+    assert_eq!(reply, "b4:hello");
+    // ...and cannot reach it directly.
+    assert_eq!(tcp_from(&c6, sa(B4, B_ECHO), "direct").await, None);
+    assert_eq!(tcp_from(&c4, sa(B6, B_ECHO), "direct").await, None);
+
+    // The per-Service annotation beats the ConfigMap: "pinned" is IPv6-primary.
+    assert_eq!(
+        tcp_from(&c4, sa(ING_C4, PINNED), "x").await.as_deref(),
+        Some("b6:x")
+    );
+    // Failover: no IPv4 endpoint, so the IPv6 one serves.
+    let fo = eventually("failover", Duration::from_secs(10), || {
+        tcp_from(&c4, sa(ING_C4, FAILOVER), "f")
+    })
+    .await;
+    assert_eq!(fo, "b6:f");
+    // UDP across families.
+    let udp = eventually("UDP NAT64", Duration::from_secs(10), || {
+        udp_from(&c6, sa(ING_C6, UDP), "dns?")
+    })
+    .await;
+    assert_eq!(udp, "b4:dns?");
+    // The backend gets a PROXY header carrying the IPv6 client's address...
+    let pp = tcp_from(&c6, sa(ING_C6, PROXY), "").await;
+    let pp = match pp {
+        Some(p) => p,
+        None => tcp_from(&c6, sa(ING_C6, PROXY), " ")
+            .await
+            .unwrap_or_default(),
+    };
+    assert!(
+        pp.starts_with(&format!("b4 PROXY TCP6 {C6} {ING_C6} ")),
+        "{pp}"
+    );
+    // ...and an HTTP backend sees it in X-Forwarded-For.
+    assert_eq!(
+        http_from(&c6, sa(ING_C6, WEB)).await.as_deref(),
+        Some(format!("b4 xff={C6}").as_str())
+    );
+
+    // A connection opened before the flip, and continuous load during it.
+    let long_lived = {
+        let c6 = c6.clone();
+        tokio::task::spawn_blocking(move || {
+            in_netns(&c6, || {
+                std::net::TcpStream::connect_timeout(&sa(ING_C6, ECHO), Duration::from_secs(2))
+                    .unwrap()
+            })
+        })
+        .await
+        .unwrap()
+    };
+    let mut long_lived = long_lived;
+    long_lived
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let roundtrip = |s: &mut std::net::TcpStream, msg: &str| -> String {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(roundtrip(&mut long_lived, "before"), "b4:before");
+
+    let failures = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (c6, failures, seen, stop) = (c6.clone(), failures.clone(), seen.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sent = 0;
+            while !stop.load(Ordering::Relaxed) {
+                sent += 1;
+                match tcp_from(&c6, sa(ING_C6, ECHO), "load").await {
+                    Some(r) => {
+                        seen.lock().unwrap().insert(r);
+                    }
+                    None => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cds = envoy.stat("cluster_manager.cds.update_success").await;
+    manifests(dir.path(), "IPv6");
+    publish(dir.path(), &mut translator, &cache);
+    // NAT46: the IPv4-only client now reaches the IPv6-only backend.
+    let reply = eventually("NAT46 after the flip", Duration::from_secs(30), || async {
+        tcp_from(&c4, sa(ING_C4, ECHO), "v4 client")
+            .await
+            .filter(|r| r.starts_with("b6:"))
+    })
+    .await;
+    assert_eq!(reply, "b6:v4 client");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during the flip (of {sent})"
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        BTreeSet::from(["b4:load".to_string(), "b6:load".to_string()]),
+        "the load crossed the flip"
+    );
+    // The old connection keeps working, still to its original backend.
+    assert_eq!(roundtrip(&mut long_lived, "after"), "b4:after");
+    assert_eq!(
+        envoy.stat("cluster_manager.cds.update_success").await,
+        cds,
+        "the flip was EDS only"
+    );
+    assert_eq!(
+        udp_from(&c4, sa(ING_C4, UDP), "q").await.as_deref(),
+        Some("b6:q")
+    );
+    assert_eq!(
+        envoy.stat("listener_manager.lds.update_rejected").await,
+        0,
+        "{}",
+        envoy.log()
+    );
+    drop(envoy);
+    drop(hosts);
+}
