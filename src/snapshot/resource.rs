@@ -208,13 +208,20 @@ pub struct Resource {
 impl Resource {
     /// Encodes `message` once; its version is the hash of the encoded bytes.
     pub fn new<R: XdsResource>(message: &R) -> Self {
+        Self::with_references(message, message.references())
+    }
+
+    /// Like [`Resource::new`], with the references already known to the caller (which
+    /// saves decoding a listener's filters to find its routes).
+    pub fn with_references<R: XdsResource>(message: &R, references: Vec<String>) -> Self {
+        debug_assert_eq!(references, message.references());
         let value = message.encode_to_vec();
         let version = Version::of_bytes(&value);
         let any = Any {
             type_url: R::TYPE.type_url().to_owned(),
             value,
         };
-        let references: Vec<Arc<str>> = message.references().into_iter().map(Arc::from).collect();
+        let references: Vec<Arc<str>> = references.into_iter().map(Arc::from).collect();
         Resource {
             name: Arc::from(message.resource_name()),
             version,

@@ -9,6 +9,7 @@
 mod envoy;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::Hash;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -64,17 +65,27 @@ pub fn effective_primary(service: &Service, model: &Model, default: Family) -> F
         .unwrap_or(default)
 }
 
-/// What a Service was translated from, to tell whether it changed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Input {
-    service: Service,
-    endpoints: Endpoints,
-    primary: Family,
+/// A content digest of anything hashable (stable within a process).
+fn digest<T: Hash + ?Sized>(value: &T) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::default();
+    value.hash(&mut hasher);
+    hasher.digest128()
+}
+
+/// What is remembered of a Service's input: enough to tell whether it changed, and the
+/// listener ports it claims.
+#[derive(Clone, Debug)]
+struct Known {
+    digest: u128,
+    claims: Vec<PortClaim>,
 }
 
 /// A Service's resources, encoded once and shared by every group.
 #[derive(Clone, Debug, Default)]
 struct Output {
+    /// Digest of what clusters, listeners and routes depend on (the Service and which
+    /// listener ports it holds): when only endpoints change, they are reused as they are.
+    service_digest: u128,
     clusters: Vec<Resource>,
     load_assignments: Vec<Resource>,
     /// (family, listener, name of the route it uses if any)
@@ -90,7 +101,7 @@ type PortClaim = (u16, bool);
 #[derive(Debug)]
 pub struct Translator {
     default_primary: Family,
-    inputs: BTreeMap<ServiceKey, Input>,
+    known: BTreeMap<ServiceKey, Known>,
     outputs: BTreeMap<ServiceKey, Output>,
     /// Which Services want each listener port; the first in key order gets it.
     claims: BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
@@ -101,7 +112,7 @@ impl Translator {
     pub fn new(default_primary: Family) -> Self {
         Translator {
             default_primary,
-            inputs: BTreeMap::new(),
+            known: BTreeMap::new(),
             outputs: BTreeMap::new(),
             claims: BTreeMap::new(),
             snapshots: Default::default(),
@@ -120,29 +131,25 @@ impl Translator {
             None => model
                 .services
                 .keys()
-                .chain(self.inputs.keys())
+                .chain(self.known.keys())
                 .cloned()
                 .collect(),
         };
         let mut dirty = BTreeSet::new();
         for key in candidates {
-            let input = model.services.get(&key).map(|(service, endpoints)| Input {
-                service: service.clone(),
-                endpoints: endpoints.clone(),
-                primary: effective_primary(service, model, self.default_primary),
+            let current = model.services.get(&key).map(|(service, endpoints)| {
+                let primary = effective_primary(service, model, self.default_primary);
+                (service, digest(&(service, endpoints, primary)))
             });
-            if input.as_ref() == self.inputs.get(&key) {
+            if current.map(|(_, d)| d) == self.known.get(&key).map(|k| k.digest) {
                 continue;
             }
             self.release_claims(&key, &mut dirty);
-            match input {
-                Some(input) => {
-                    self.claim(&key, &input.service, &mut dirty);
-                    self.inputs.insert(key.clone(), input);
-                }
-                None => {
-                    self.inputs.remove(&key);
-                }
+            if let Some((service, digest)) = current {
+                let claims = self.claim(&key, service, &mut dirty);
+                self.known.insert(key.clone(), Known { digest, claims });
+            } else {
+                self.known.remove(&key);
             }
             dirty.insert(key);
         }
@@ -150,15 +157,27 @@ impl Translator {
         let mut builders: Vec<_> = self.snapshots.iter().map(Snapshot::edit).collect();
         let mut outputs = Vec::new();
         for key in &dirty {
-            if let Some(old) = self.outputs.get(key) {
-                for (builder, families) in builders.iter_mut().zip(ListenerFamilies::ALL) {
-                    remove(builder, old, families);
-                }
-            }
-            let output = self.inputs.get(key).map(|input| self.translate(key, input));
-            if let Some(output) = &output {
-                for (builder, families) in builders.iter_mut().zip(ListenerFamilies::ALL) {
-                    add(builder, output, families);
+            let old = self.outputs.get(key);
+            let output = model
+                .services
+                .get(key)
+                .map(|(service, endpoints)| self.translate(key, service, endpoints, model, old));
+            let only_endpoints = matches!((old, &output), (Some(o), Some(n)) if o.service_digest == n.service_digest);
+            for (builder, families) in builders.iter_mut().zip(ListenerFamilies::ALL) {
+                match (&output, only_endpoints) {
+                    (Some(new), true) => {
+                        for r in &new.load_assignments {
+                            builder.upsert_resource(ResourceType::Endpoint, r.clone());
+                        }
+                    }
+                    _ => {
+                        if let Some(old) = old {
+                            remove(builder, old, families);
+                        }
+                        if let Some(new) = &output {
+                            add(builder, new, families);
+                        }
+                    }
                 }
             }
             outputs.push((key.clone(), output));
@@ -194,29 +213,35 @@ impl Translator {
             .collect()
     }
 
-    fn port_claims(service: &Service) -> impl Iterator<Item = PortClaim> + '_ {
-        service
-            .ports
-            .iter()
-            .filter(move |_| service.ingress)
-            .map(|p| (p.listener_port, p.kind == PortKind::Udp))
-    }
-
-    fn claim(&mut self, key: &ServiceKey, service: &Service, dirty: &mut BTreeSet<ServiceKey>) {
-        for claim in Self::port_claims(service) {
-            let owners = self.claims.entry(claim).or_default();
+    fn claim(
+        &mut self,
+        key: &ServiceKey,
+        service: &Service,
+        dirty: &mut BTreeSet<ServiceKey>,
+    ) -> Vec<PortClaim> {
+        let claims: Vec<PortClaim> = if service.ingress {
+            service
+                .ports
+                .iter()
+                .map(|p| (p.listener_port, p.kind == PortKind::Udp))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for claim in &claims {
+            let owners = self.claims.entry(*claim).or_default();
             // Whoever held the port may lose it: retranslate every claimant.
             dirty.extend(owners.iter().cloned());
             owners.insert(key.clone());
         }
+        claims
     }
 
     fn release_claims(&mut self, key: &ServiceKey, dirty: &mut BTreeSet<ServiceKey>) {
-        let Some(input) = self.inputs.get(key) else {
+        let Some(known) = self.known.get(key) else {
             return;
         };
-        let claims: Vec<PortClaim> = Self::port_claims(&input.service).collect();
-        for claim in claims {
+        for claim in known.claims.clone() {
             if let Some(owners) = self.claims.get_mut(&claim) {
                 owners.remove(key);
                 dirty.extend(owners.iter().cloned());
@@ -227,31 +252,69 @@ impl Translator {
         }
     }
 
-    fn translate(&self, key: &ServiceKey, input: &Input) -> Output {
-        let service = &input.service;
-        let mut output = Output::default();
+    fn translate(
+        &self,
+        key: &ServiceKey,
+        service: &Service,
+        endpoints: &Endpoints,
+        model: &Model,
+        old: Option<&Output>,
+    ) -> Output {
+        let primary = effective_primary(service, model, self.default_primary);
+        let owners: Vec<Option<&ServiceKey>> = service
+            .ports
+            .iter()
+            .map(|p| {
+                self.claims
+                    .get(&(p.listener_port, p.kind == PortKind::Udp))
+                    .and_then(|o| o.first())
+            })
+            .collect();
+        let service_digest = digest(&(service, &owners));
+        let mut output = match old {
+            Some(old) if old.service_digest == service_digest => Output {
+                load_assignments: Vec::new(),
+                ..old.clone()
+            },
+            _ => self.translate_service(key, service, &owners, service_digest),
+        };
         for port in &service.ports {
+            let failover = service.failover.then(|| endpoints.family(primary.other()));
+            output
+                .load_assignments
+                .push(Resource::new(&envoy::load_assignment(
+                    &cluster_name(key, port),
+                    &port.name,
+                    endpoints.family(primary),
+                    failover,
+                )));
+        }
+        output
+    }
+
+    /// Clusters, listeners and routes: everything but the endpoints.
+    fn translate_service(
+        &self,
+        key: &ServiceKey,
+        service: &Service,
+        owners: &[Option<&ServiceKey>],
+        service_digest: u128,
+    ) -> Output {
+        let mut output = Output {
+            service_digest,
+            ..Default::default()
+        };
+        for (port, owner) in service.ports.iter().zip(owners) {
             let name = cluster_name(key, port);
             output.clusters.push(Resource::new(&envoy::cluster(
                 &name,
                 port,
                 service.proxy_protocol,
             )));
-            let primary = input.endpoints.family(input.primary);
-            let failover = service
-                .failover
-                .then(|| input.endpoints.family(input.primary.other()));
-            output
-                .load_assignments
-                .push(Resource::new(&envoy::load_assignment(
-                    &name, &port.name, primary, failover,
-                )));
             if !service.ingress {
                 continue;
             }
-            let claim = (port.listener_port, port.kind == PortKind::Udp);
-            let owner = self.claims.get(&claim).and_then(|o| o.first());
-            if owner != Some(key) {
+            if *owner != Some(key) {
                 output.conflicts.push(Skipped {
                     kind: "Service".into(),
                     namespace: key.namespace.clone(),
@@ -280,9 +343,12 @@ impl Translator {
                     &name,
                     route.as_deref().unwrap_or_default(),
                 );
-                output
-                    .listeners
-                    .push((family, Resource::new(&listener), route.clone()));
+                let references = route.iter().cloned().collect();
+                output.listeners.push((
+                    family,
+                    Resource::with_references(&listener, references),
+                    route.clone(),
+                ));
             }
         }
         output
