@@ -10,9 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use dualstack_xds::model::{Family, ServiceKey};
-use dualstack_xds::snapshot::SnapshotCache;
-use dualstack_xds::sources::manifests::{load_dir, Filter};
+use dualstack_xds::model::Family;
 use dualstack_xds::translate::{node_group, Translator};
 
 struct Backends {
@@ -143,31 +141,12 @@ spec: {{ports: [{{name: http, port: 80, appProtocol: http}}]}}
     std::fs::write(dir.join("services.yaml"), text).unwrap();
 }
 
-fn filter() -> Filter {
-    Filter {
-        service_selector: "dualstack-xds.io/expose=true".parse().unwrap(),
-        namespaces: vec![],
-        config_map: ServiceKey {
-            namespace: "dualstack-xds".into(),
-            name: "dualstack-xds".into(),
-        },
-    }
-}
-
-fn publish(dir: &Path, translator: &mut Translator, cache: &SnapshotCache) {
-    let (objects, errors) = load_dir(dir, &filter()).unwrap();
-    assert!(errors.is_empty(), "{errors:?}");
-    let model = objects.to_model();
-    assert!(model.skipped.is_empty(), "{:?}", model.skipped);
-    cache.publish(translator.update(&model, None).unwrap());
-}
-
 fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
+/// Backends of both families on loopback, free listener ports, and their manifests.
+async fn setup(primary: &str) -> (Backends, Ports, tempfile::TempDir) {
     let backends = Backends {
         tcp4: echo_server_on("127.0.0.1:0", "tcp4:").await,
         tcp6: echo_server_on("[::1]:0", "tcp6:").await,
@@ -182,10 +161,16 @@ async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
         http: free_port(),
     };
     let dir = tempfile::tempdir().unwrap();
-    write_manifests(dir.path(), &backends, &ports, "IPv4");
+    write_manifests(dir.path(), &backends, &ports, primary);
+    (backends, ports, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
+    let (backends, ports, dir) = setup("IPv4").await;
     let server = start_server_with(Arc::new(node_group)).await;
     let mut translator = Translator::new(Family::IPv6);
-    publish(dir.path(), &mut translator, &server.cache);
+    publish_manifests(dir.path(), &mut translator, &server.cache);
     let envoy = Envoy::start("envoy/ads-sotw.yaml", server.addr, "dual").await;
     envoy
         .wait_stat("listener_manager.lds.update_success", 1)
@@ -231,7 +216,7 @@ async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
     let eds = envoy.stat("cluster.test/echo_7.update_success").await;
     assert!(eds >= 1, "EDS stat name");
     write_manifests(dir.path(), &backends, &ports, "IPv6");
-    publish(dir.path(), &mut translator, &server.cache);
+    publish_manifests(dir.path(), &mut translator, &server.cache);
     let tcp4 = eventually(
         "TCP to the IPv6 backend",
         Duration::from_secs(20),
@@ -275,24 +260,10 @@ async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ipv4_only_node_gets_only_ipv4_listeners() {
-    let backends = Backends {
-        tcp4: echo_server_on("127.0.0.1:0", "tcp4:").await,
-        tcp6: echo_server_on("[::1]:0", "tcp6:").await,
-        udp4: udp_echo_on("127.0.0.1:0", "udp4:").await,
-        udp6: udp_echo_on("[::1]:0", "udp6:").await,
-        http4: http_server_on("127.0.0.1:0", "http4 xff=").await,
-        http6: http_server_on("[::1]:0", "http6 xff=").await,
-    };
-    let ports = Ports {
-        tcp: free_port(),
-        udp: free_port(),
-        http: free_port(),
-    };
-    let dir = tempfile::tempdir().unwrap();
-    write_manifests(dir.path(), &backends, &ports, "IPv4");
+    let (_backends, ports, dir) = setup("IPv4").await;
     let server = start_server_with(Arc::new(node_group)).await;
     let mut translator = Translator::new(Family::IPv4);
-    publish(dir.path(), &mut translator, &server.cache);
+    publish_manifests(dir.path(), &mut translator, &server.cache);
     let overlay = r#"{"node": {"metadata": {"dualstack-xds.io/listener-families": "IPv4"}}}"#;
     let envoy = Envoy::start_with(
         "envoy/ads-delta.yaml",

@@ -23,10 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use dualstack_xds::model::{Family, ServiceKey};
+use dualstack_xds::model::Family;
 use dualstack_xds::server::{ClientRegistry, XdsServer};
 use dualstack_xds::snapshot::SnapshotCache;
-use dualstack_xds::sources::manifests::{load_dir, Filter};
 use dualstack_xds::translate::{node_group, Translator};
 
 const ING_C4: &str = "10.64.4.1";
@@ -313,22 +312,6 @@ endpoints: [{{addresses: ["{addr}"], conditions: {{ready: true}}}}]
     std::fs::write(dir.join("all.yaml"), text).unwrap();
 }
 
-fn publish(dir: &Path, translator: &mut Translator, cache: &SnapshotCache) {
-    let filter = Filter {
-        service_selector: "dualstack-xds.io/expose=true".parse().unwrap(),
-        namespaces: vec![],
-        config_map: ServiceKey {
-            namespace: "dualstack-xds".into(),
-            name: "dualstack-xds".into(),
-        },
-    };
-    let (objects, errors) = load_dir(dir, &filter).unwrap();
-    assert!(errors.is_empty(), "{errors:?}");
-    let model = objects.to_model();
-    assert!(model.skipped.is_empty(), "{:?}", model.skipped);
-    cache.publish(translator.update(&model, None).unwrap());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nat64_and_nat46_across_single_family_hosts() {
     let hosts = Hosts::create();
@@ -344,7 +327,7 @@ async fn nat64_and_nat46_across_single_family_hosts() {
     let dir = tempfile::tempdir().unwrap();
     manifests(dir.path(), "IPv4");
     let mut translator = Translator::new(Family::IPv6);
-    publish(dir.path(), &mut translator, &cache);
+    publish_manifests(dir.path(), &mut translator, &cache);
     let envoy = Envoy::start_in_netns(&ing, "envoy/ads-sotw.yaml", xds_addr, "ingress").await;
     envoy
         .wait_stat("listener_manager.lds.update_success", 1)
@@ -443,7 +426,7 @@ async fn nat64_and_nat46_across_single_family_hosts() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cds = envoy.stat("cluster_manager.cds.update_success").await;
     manifests(dir.path(), "IPv6");
-    publish(dir.path(), &mut translator, &cache);
+    publish_manifests(dir.path(), &mut translator, &cache);
     // NAT46: the IPv4-only client now reaches the IPv6-only backend.
     let reply = eventually("NAT46 after the flip", Duration::from_secs(30), || async {
         tcp_from(&c4, sa(ING_C4, ECHO), "v4 client")

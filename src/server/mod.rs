@@ -2,7 +2,8 @@
 //! over one engine.
 //!
 //! [`protocol`] holds the per-stream state machines (no I/O); [`grpc`] is the tonic glue
-//! that moves messages between them, the network and the [`SnapshotCache`].
+//! that moves messages between them, the network and the
+//! [`SnapshotCache`](crate::snapshot::SnapshotCache).
 
 pub mod clients;
 pub mod grpc;
@@ -12,6 +13,3 @@ mod wire;
 pub use clients::{ClientRegistry, XdsMetrics};
 pub use grpc::XdsServer;
 pub use protocol::{single_group, NodeGrouping, StreamKind, StreamStatus};
-
-#[allow(unused_imports)]
-use crate::snapshot::SnapshotCache;

@@ -1,10 +1,7 @@
 //! Small Envoy resources for tests and benchmarks (the real ones come from `translate`).
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
-use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, socket_address, Address, AggregatedConfigSource, ConfigSource,
-    SocketAddress,
-};
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, SocketAddress};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
@@ -13,30 +10,13 @@ use envoy_types::pb::envoy::config::route::v3::{
     route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
     VirtualHost,
 };
-use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
+    http_connection_manager, HttpConnectionManager, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
-use envoy_types::pb::google::protobuf::{Any, Duration};
-use prost::{Message, Name};
+use envoy_types::pb::google::protobuf::Duration;
 
-fn any<M: Message + Name>(message: &M) -> Any {
-    Any {
-        type_url: M::type_url(),
-        value: message.encode_to_vec(),
-    }
-}
-
-fn ads() -> ConfigSource {
-    ConfigSource {
-        resource_api_version: 2, // V3
-        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
-            AggregatedConfigSource {},
-        )),
-        ..Default::default()
-    }
-}
+use crate::translate::envoy::{ads, any, router_filter};
 
 /// A socket address.
 pub fn socket(ip: &str, port: u16) -> Address {
@@ -118,13 +98,7 @@ pub fn http_listener(name: &str, ip: &str, port: u16, route: &str) -> Listener {
             config_source: Some(ads()),
             route_config_name: route.to_owned(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_owned(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(
-                any(&Router::default()),
-            )),
-            ..Default::default()
-        }],
+        http_filters: vec![router_filter()],
         ..Default::default()
     };
     Listener {

@@ -46,7 +46,7 @@ pub(crate) fn any<M: Message + Name>(message: &M) -> Any {
     }
 }
 
-fn ads() -> ConfigSource {
+pub(crate) fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: 2, // V3
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(

@@ -6,7 +6,7 @@
 //! recomputes that Service's resources only. Clusters never depend on the primary family:
 //! flipping it changes ClusterLoadAssignments and nothing else.
 
-mod envoy;
+pub(crate) mod envoy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;

@@ -8,8 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dualstack_xds::model::ServiceKey;
 use dualstack_xds::server::{single_group, ClientRegistry, NodeGrouping, XdsServer};
 use dualstack_xds::snapshot::SnapshotCache;
+use dualstack_xds::sources::manifests::{load_dir, Filter};
+use dualstack_xds::translate::Translator;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -441,4 +444,22 @@ pub async fn http_get(addr: SocketAddr) -> Option<String> {
         .await
         .ok()
         .flatten()
+}
+
+/// Loads a manifest directory (default selector and ConfigMap), translates it and
+/// publishes the result, as the server's manifest source does. Every object must be valid.
+pub fn publish_manifests(dir: &Path, translator: &mut Translator, cache: &SnapshotCache) {
+    let filter = Filter {
+        service_selector: "dualstack-xds.io/expose=true".parse().unwrap(),
+        namespaces: vec![],
+        config_map: ServiceKey {
+            namespace: "dualstack-xds".into(),
+            name: "dualstack-xds".into(),
+        },
+    };
+    let (objects, errors) = load_dir(dir, &filter).unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    let model = objects.to_model();
+    assert!(model.skipped.is_empty(), "{:?}", model.skipped);
+    cache.publish(translator.update(&model, None).unwrap());
 }
