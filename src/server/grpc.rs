@@ -298,7 +298,7 @@ async fn drive<M: Machine>(
             request = inbound.message() => match request {
                 Ok(Some(request)) => {
                     let had_node = machine.node_id().is_some();
-                    let set = snapshots.latest();
+                    let set = snapshots.peek();
                     let result = machine.on_request(request, set.as_deref());
                     if !had_node {
                         if let Some(id) = machine.node_id() {

@@ -88,14 +88,45 @@ pub struct SnapshotWatch {
 }
 
 impl SnapshotWatch {
-    /// The latest set, marking it seen.
+    /// The latest set, marking it seen: the next [`SnapshotWatch::changed`] waits for a
+    /// newer one.
     pub fn latest(&mut self) -> Option<Arc<SnapshotSet>> {
         self.rx.borrow_and_update().clone()
+    }
+
+    /// The latest set, without marking it seen: a set published since the last
+    /// [`SnapshotWatch::changed`] still wakes it, so every type gets the change even if a
+    /// request for one type read the set first.
+    pub fn peek(&self) -> Option<Arc<SnapshotSet>> {
+        self.rx.borrow().clone()
     }
 
     /// Waits until a set newer than the last seen one is published. Returns `false`
     /// when the cache is gone.
     pub async fn changed(&mut self) -> bool {
         self.rx.changed().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peek_does_not_swallow_the_change_notification() {
+        let cache = SnapshotCache::new();
+        let mut watch = cache.watch();
+        assert!(watch.latest().is_none());
+        cache.publish(SnapshotSet::single(Snapshot::default()));
+        // A request reads the new set before the stream saw the notification...
+        assert!(watch.peek().is_some());
+        // ...and the notification still comes, so the other types are sent too.
+        let woke =
+            tokio::time::timeout(std::time::Duration::from_millis(100), watch.changed()).await;
+        assert_eq!(woke, Ok(true));
+        watch.latest();
+        let woke =
+            tokio::time::timeout(std::time::Duration::from_millis(50), watch.changed()).await;
+        assert!(woke.is_err(), "nothing new");
     }
 }
