@@ -15,6 +15,7 @@ use crate::model::{Family, ListenerFamilies, ServiceKey};
 use crate::server::{ClientRegistry, XdsServer};
 use crate::snapshot::json::snapshot_json;
 use crate::snapshot::SnapshotCache;
+use crate::sources::manifest_watch::{self, Debounce, ManifestDir};
 use crate::sources::manifests::{self, LabelSelector};
 use crate::translate::{self, Translator};
 
@@ -104,6 +105,12 @@ struct Serve {
     /// Address the xDS gRPC server listens on.
     #[arg(long, default_value = "[::]:18000")]
     xds_addr: SocketAddr,
+    /// Quiet period that ends a burst of changes before they are published.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    debounce: std::time::Duration,
+    /// Longest a change waits for a burst to end: steady changes cannot starve pushes.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    debounce_max: std::time::Duration,
     /// Log format.
     #[arg(long, value_enum, default_value = "pretty")]
     log_format: LogFormat,
@@ -124,33 +131,51 @@ impl Serve {
             manifests,
             selection,
             xds_addr,
+            debounce,
+            debounce_max,
             log_format,
         } = self;
         init_logging(log_format);
         let cache = SnapshotCache::new();
-        let (objects, errors) = manifests::load_dir(&manifests, &selection.filter())
+        let source = ManifestDir::load(&manifests, selection.filter())
             .with_context(|| format!("reading {}", manifests.display()))?;
-        for error in &errors {
-            tracing::warn!(%error, "skipping a manifest file");
-        }
-        let model = objects.to_model();
-        for skipped in &model.skipped {
-            tracing::warn!(kind = %skipped.kind, namespace = %skipped.namespace, name = %skipped.name, reason = %skipped.reason, "skipping an invalid object");
-        }
         let mut translator = Translator::new(selection.primary_family);
-        cache.publish(translator.update(&model, None)?);
-        info!(services = model.services.len(), "configuration published");
+        let mut publish = {
+            let cache = cache.clone();
+            move |source: &ManifestDir| {
+                let model = source.objects().to_model();
+                let result = translator.update(&model, None);
+                for skipped in model.skipped.iter().chain(translator.conflicts().iter()) {
+                    tracing::warn!(kind = %skipped.kind, namespace = %skipped.namespace, name = %skipped.name, reason = %skipped.reason, "skipping an invalid object");
+                }
+                match result {
+                    Ok(set) => {
+                        cache.publish(set);
+                        info!(services = model.services.len(), "configuration published");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "not publishing an inconsistent snapshot")
+                    }
+                }
+            }
+        };
+        publish(&source);
+        let debounce = Debounce {
+            quiet: debounce,
+            max_delay: debounce_max.max(debounce),
+        };
+        tokio::spawn(async move {
+            if let Err(error) = manifest_watch::watch(source, debounce, publish).await {
+                tracing::error!(%error, "watching the manifest directory failed; serving the last configuration");
+            }
+        });
         let listener = TcpListener::bind(xds_addr)
             .await
             .with_context(|| format!("binding the xDS address {xds_addr}"))?;
         info!(addr = %listener.local_addr()?, "serving xDS");
         let grouping: crate::server::NodeGrouping = Arc::new(translate::node_group);
         let server = XdsServer::new(cache, grouping, ClientRegistry::new());
-        server
-            .serve(listener, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        server.serve(listener, shutdown_signal()).await?;
         Ok(())
     }
 }
@@ -184,6 +209,17 @@ impl Render {
         println!("{}", serde_json::to_string_pretty(&json)?);
         Ok(())
     }
+}
+
+/// SIGINT or SIGTERM (what Kubernetes sends a pod).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutting down");
 }
 
 fn init_logging(format: LogFormat) {

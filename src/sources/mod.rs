@@ -1,5 +1,6 @@
 //! The "sources" stage: where the model comes from (Kubernetes objects from a manifest
 //! directory; the Kubernetes API watch comes with its own module).
 
+pub mod manifest_watch;
 pub mod manifests;
 pub mod objects;
