@@ -6,10 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use dualstack_xds::model::{
     Endpoint, EndpointState, Endpoints, Family, Model, PortKind, Service, ServiceKey, ServicePort,
+    Slice,
 };
 use dualstack_xds::translate::Translator;
+
+/// Endpoints per EndpointSlice, as Kubernetes' EndpointSlice controller uses by default.
+const SLICE_SIZE: usize = 100;
 
 fn endpoint(i: usize, v6: bool) -> Endpoint {
     let address = if v6 {
@@ -22,8 +28,15 @@ fn endpoint(i: usize, v6: bool) -> Endpoint {
         state: EndpointState::Ready,
         zone: Some(format!("zone-{}", i % 3)),
         target: Some(format!("Pod/ns/pod-{i}")),
-        ports: BTreeMap::from([("http".to_string(), 8080)]),
     }
+}
+
+fn slice(first: usize, count: usize, v6: bool, port: u16) -> Arc<Slice> {
+    Arc::new(Slice::new(
+        if v6 { Family::IPv6 } else { Family::IPv4 },
+        BTreeMap::from([("http".to_string(), port)]),
+        (first..first + count).map(|i| endpoint(i, v6)).collect(),
+    ))
 }
 
 fn model(services: usize, endpoints: usize) -> Model {
@@ -46,22 +59,24 @@ fn model(services: usize, endpoints: usize) -> Model {
             proxy_protocol: None,
             ingress: true,
         };
-        let eps = Endpoints {
-            ipv4: (0..endpoints)
-                .map(|i| endpoint(s * endpoints + i, false))
-                .collect(),
-            ipv6: (0..endpoints)
-                .map(|i| endpoint(s * endpoints + i, true))
-                .collect(),
-        };
-        model.services.insert(key, (service, eps));
+        let mut eps = Endpoints::default();
+        for (n, first) in (0..endpoints).step_by(SLICE_SIZE).enumerate() {
+            let count = SLICE_SIZE.min(endpoints - first);
+            let base = s * endpoints + first;
+            eps.slices
+                .insert(format!("svc-{s}-v4-{n}"), slice(base, count, false, 8080));
+            eps.slices
+                .insert(format!("svc-{s}-v6-{n}"), slice(base, count, true, 8080));
+        }
+        model.endpoints.insert(key.clone(), eps);
+        model.services.insert(key, service);
     }
     model
 }
 
 fn main() {
     println!(
-        "translation benchmark ({} cores)",
+        "translation benchmark ({} cores; EndpointSlices of {SLICE_SIZE} endpoints)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     for (services, endpoints) in [(1, 10_000), (100, 100), (10_000, 1)] {
@@ -71,18 +86,26 @@ fn main() {
         let t = Instant::now();
         translator.update(&m, None).unwrap();
         let full = t.elapsed();
-        // One slice changed: 1% of one Service's endpoints (at least one) move.
+        // One slice changed: the first IPv4 slice of one Service, its endpoints' port
+        // changes (the slice is rebuilt from scratch, as a watch event would).
         let key = m.services.keys().nth(services / 2).unwrap().clone();
+        let s = m.services.keys().position(|k| *k == key).unwrap();
         let mut samples = Vec::new();
         for round in 0..20 {
-            let eps = &mut m.services.get_mut(&key).unwrap().1.ipv4;
-            let n = (endpoints / 100).max(1);
-            for (j, e) in eps.iter_mut().take(n).enumerate() {
-                e.ports
-                    .insert("http".into(), 9000 + ((round + j) % 100) as u16);
-            }
-            let changed: BTreeSet<ServiceKey> = [key.clone()].into();
             let t = Instant::now();
+            let changed_slice = slice(
+                s * endpoints,
+                SLICE_SIZE.min(endpoints),
+                false,
+                9000 + round,
+            );
+            let name = format!("svc-{s}-v4-0");
+            m.endpoints
+                .get_mut(&key)
+                .unwrap()
+                .slices
+                .insert(name, changed_slice);
+            let changed: BTreeSet<ServiceKey> = [key.clone()].into();
             translator.update(&m, Some(&changed)).unwrap();
             samples.push(t.elapsed().as_secs_f64() * 1e3);
         }

@@ -17,6 +17,7 @@ use crate::snapshot::json::snapshot_json;
 use crate::snapshot::SnapshotCache;
 use crate::sources::manifest_watch::{self, Debounce, ManifestDir};
 use crate::sources::manifests::{self, LabelSelector};
+use crate::sources::objects::ModelStore;
 use crate::translate::{self, Translator};
 
 #[derive(Debug, Parser)]
@@ -140,12 +141,17 @@ impl Serve {
         let source = ManifestDir::load(&manifests, selection.filter())
             .with_context(|| format!("reading {}", manifests.display()))?;
         let mut translator = Translator::new(selection.primary_family);
+        let mut store = ModelStore::default();
         let mut publish = {
             let cache = cache.clone();
             move |source: &ManifestDir| {
-                let model = source.objects().to_model();
-                let result = translator.update(&model, None);
-                for skipped in model.skipped.iter().chain(translator.conflicts().iter()) {
+                let changed = store.sync(source.objects());
+                if changed.is_nothing() && cache.current().is_some() {
+                    return;
+                }
+                let model = store.model();
+                let result = translator.update(model, changed.services().as_ref());
+                for skipped in model.skipped().chain(translator.conflicts().iter()) {
                     tracing::warn!(kind = %skipped.kind, namespace = %skipped.namespace, name = %skipped.name, reason = %skipped.reason, "skipping an invalid object");
                 }
                 match result {
@@ -200,8 +206,7 @@ impl Render {
             .context("no snapshot for these listener families")?;
         let mut json = snapshot_json(snapshot);
         let skipped: Vec<_> = model
-            .skipped
-            .iter()
+            .skipped()
             .chain(translator.conflicts().iter())
             .cloned()
             .collect();

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -198,7 +200,7 @@ pub enum EndpointState {
     Draining,
 }
 
-/// One address of one backend, with the ports it serves by port name.
+/// One address of one backend.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Endpoint {
     pub address: IpAddr,
@@ -206,55 +208,94 @@ pub struct Endpoint {
     pub zone: Option<String>,
     /// The backing pod (`targetRef`), used to pair a pod's IPv4 and IPv6 addresses.
     pub target: Option<String>,
-    /// Port name -> port number.
-    pub ports: BTreeMap<String, u16>,
 }
 
-/// A Service's endpoints of both families, merged from all its EndpointSlices with
-/// duplicates removed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
-pub struct Endpoints {
-    pub ipv4: Vec<Endpoint>,
-    pub ipv6: Vec<Endpoint>,
+/// One EndpointSlice's contribution to a Service: endpoints of one family and the ports
+/// they serve, by port name. Immutable once built; its digest is computed once, so a
+/// Service with many slices is compared slice by slice, not endpoint by endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    family: Family,
+    ports: BTreeMap<String, u16>,
+    endpoints: Vec<Endpoint>,
+    digest: u128,
 }
 
-impl Endpoints {
-    pub fn family(&self, family: Family) -> &[Endpoint] {
-        match family {
-            Family::IPv4 => &self.ipv4,
-            Family::IPv6 => &self.ipv6,
+impl Slice {
+    pub fn new(family: Family, ports: BTreeMap<String, u16>, endpoints: Vec<Endpoint>) -> Self {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::default();
+        (family, &ports, &endpoints).hash(&mut hasher);
+        Slice {
+            family,
+            ports,
+            endpoints,
+            digest: hasher.digest128(),
         }
     }
 
-    /// Merges endpoints into a family: sorted, one entry per address (a ready copy wins
-    /// over a draining one, ports are united).
-    pub fn merge(&mut self, family: Family, more: impl IntoIterator<Item = Endpoint>) {
-        let list = match family {
-            Family::IPv4 => &mut self.ipv4,
-            Family::IPv6 => &mut self.ipv6,
-        };
-        let mut by_address: BTreeMap<IpAddr, Endpoint> =
-            list.drain(..).map(|e| (e.address, e)).collect();
-        for endpoint in more {
-            match by_address.get_mut(&endpoint.address) {
-                Some(existing) => {
-                    existing.state = existing.state.min(endpoint.state);
-                    for (name, port) in endpoint.ports {
-                        existing.ports.entry(name).or_insert(port);
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// Port name -> port number.
+    pub fn ports(&self) -> &BTreeMap<String, u16> {
+        &self.ports
+    }
+
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// A content digest: equal slices have equal digests.
+    pub fn digest(&self) -> u128 {
+        self.digest
+    }
+}
+
+/// A Service's endpoints: every EndpointSlice that names it, by slice name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoints {
+    pub slices: BTreeMap<String, Arc<Slice>>,
+}
+
+impl Endpoints {
+    /// The slices of one family, in name order.
+    pub fn of_family(&self, family: Family) -> impl Iterator<Item = (&String, &Arc<Slice>)> {
+        self.slices.iter().filter(move |(_, s)| s.family == family)
+    }
+
+    /// The endpoints of one family serving port `port_name`, merged across slices: one
+    /// entry per address (a ready copy wins over a draining one; the first slice in
+    /// name order gives the port number), sorted by address.
+    pub fn merged(&self, family: Family, port_name: &str) -> Vec<(Endpoint, u16)> {
+        let mut by_address: BTreeMap<IpAddr, (Endpoint, u16)> = BTreeMap::new();
+        for (_, slice) in self.of_family(family) {
+            let Some(port) = slice.ports.get(port_name) else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                match by_address.get_mut(&endpoint.address) {
+                    Some((existing, _)) => {
+                        existing.state = existing.state.min(endpoint.state);
+                        if existing.zone.is_none() {
+                            existing.zone.clone_from(&endpoint.zone);
+                        }
+                        if existing.target.is_none() {
+                            existing.target.clone_from(&endpoint.target);
+                        }
                     }
-                    if existing.zone.is_none() {
-                        existing.zone = endpoint.zone;
+                    None => {
+                        by_address.insert(endpoint.address, (endpoint.clone(), *port));
                     }
-                    if existing.target.is_none() {
-                        existing.target = endpoint.target;
-                    }
-                }
-                None => {
-                    by_address.insert(endpoint.address, endpoint);
                 }
             }
         }
-        *list = by_address.into_values().collect();
+        by_address.into_values().collect()
+    }
+
+    /// Number of endpoints of a family, duplicates included.
+    pub fn count(&self, family: Family) -> usize {
+        self.of_family(family).map(|(_, s)| s.endpoints.len()).sum()
     }
 }
 
@@ -270,10 +311,28 @@ pub struct Skipped {
 /// Everything translation needs.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    pub services: BTreeMap<ServiceKey, (Service, Endpoints)>,
+    pub services: BTreeMap<ServiceKey, Service>,
+    /// Endpoints by the Service they name, whether or not that Service exists (yet).
+    pub endpoints: BTreeMap<ServiceKey, Endpoints>,
     /// From the ConfigMap's `primaryFamily`, overriding the command line.
     pub config_primary_family: Option<Family>,
-    pub skipped: Vec<Skipped>,
+    /// Objects left out, by kind and identity.
+    pub skipped: BTreeMap<(String, ServiceKey), Skipped>,
+}
+
+impl Model {
+    /// The endpoints of a Service (none if no slice names it).
+    pub fn endpoints_of(&self, key: &ServiceKey) -> &Endpoints {
+        static EMPTY: std::sync::OnceLock<Endpoints> = std::sync::OnceLock::new();
+        self.endpoints
+            .get(key)
+            .unwrap_or_else(|| EMPTY.get_or_init(Endpoints::default))
+    }
+
+    /// Every object left out, with its reason.
+    pub fn skipped(&self) -> impl Iterator<Item = &Skipped> {
+        self.skipped.values()
+    }
 }
 
 #[cfg(test)]
@@ -296,24 +355,56 @@ mod tests {
 
     #[test]
     fn merging_removes_duplicates_and_prefers_ready() {
-        let ep = |ip: &str, state, port: u16| Endpoint {
+        let ep = |ip: &str, state| Endpoint {
             address: ip.parse().unwrap(),
             state,
             zone: None,
             target: None,
-            ports: [("http".to_string(), port)].into(),
         };
+        let ports = |p: u16| BTreeMap::from([("http".to_string(), p)]);
         let mut e = Endpoints::default();
-        e.merge(
-            Family::IPv4,
-            [
-                ep("10.0.0.2", EndpointState::Draining, 80),
-                ep("10.0.0.1", EndpointState::Ready, 80),
-            ],
+        e.slices.insert(
+            "a".into(),
+            Arc::new(Slice::new(
+                Family::IPv4,
+                ports(80),
+                vec![
+                    ep("10.0.0.2", EndpointState::Draining),
+                    ep("10.0.0.1", EndpointState::Ready),
+                ],
+            )),
         );
-        e.merge(Family::IPv4, [ep("10.0.0.2", EndpointState::Ready, 80)]);
-        assert_eq!(e.ipv4.len(), 2);
-        assert_eq!(e.ipv4[0].address.to_string(), "10.0.0.1");
-        assert_eq!(e.ipv4[1].state, EndpointState::Ready);
+        e.slices.insert(
+            "b".into(),
+            Arc::new(Slice::new(
+                Family::IPv4,
+                ports(81),
+                vec![ep("10.0.0.2", EndpointState::Ready)],
+            )),
+        );
+        let merged = e.merged(Family::IPv4, "http");
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].0.address.to_string(), "10.0.0.1");
+        assert_eq!(merged[1].0.state, EndpointState::Ready);
+        assert_eq!(merged[1].1, 80, "the first slice gives the port");
+        assert!(e.merged(Family::IPv6, "http").is_empty());
+        assert!(e.merged(Family::IPv4, "other").is_empty());
+    }
+
+    #[test]
+    fn equal_slices_have_equal_digests() {
+        let ep = Endpoint {
+            address: "fd00::1".parse().unwrap(),
+            state: EndpointState::Ready,
+            zone: Some("z".into()),
+            target: None,
+        };
+        let a = Slice::new(Family::IPv6, BTreeMap::new(), vec![ep.clone()]);
+        let b = Slice::new(Family::IPv6, BTreeMap::new(), vec![ep.clone()]);
+        assert_eq!(a.digest(), b.digest());
+        let mut moved = ep;
+        moved.state = EndpointState::Draining;
+        let c = Slice::new(Family::IPv6, BTreeMap::new(), vec![moved]);
+        assert_ne!(a.digest(), c.digest());
     }
 }

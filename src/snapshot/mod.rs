@@ -181,6 +181,18 @@ impl SnapshotBuilder {
         self
     }
 
+    /// Takes every resource of type `ty` from `other` as they are, with the bookkeeping
+    /// of what they reference. For groups of clients that share a type's resources: the
+    /// other snapshot was checked when built, so nothing here needs checking again.
+    pub fn share(&mut self, other: &Snapshot, ty: ResourceType) -> &mut Self {
+        self.next.types[ty.index()] = other.types[ty.index()].clone();
+        self.touched[ty.index()].clear();
+        if let Some(target) = ty.referenced_type() {
+            self.next.referenced[target.index()] = other.referenced[target.index()].clone();
+        }
+        self
+    }
+
     fn add_references(&mut self, ty: ResourceType, resource: &Resource) {
         let Some(target) = ty.referenced_type() else {
             return;

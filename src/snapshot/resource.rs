@@ -230,6 +230,30 @@ impl Resource {
         }
     }
 
+    /// A resource whose message is already encoded (`value`, the bytes of the message
+    /// itself), as translation assembles ClusterLoadAssignments from encoded pieces.
+    pub fn from_encoded(ty: ResourceType, name: &str, value: &[u8]) -> Self {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let version = Version::of_bytes(value);
+        let type_url = ty.type_url();
+        let mut any = Vec::with_capacity(type_url.len() + value.len() + 16);
+        // google.protobuf.Any: type_url = 1, value = 2.
+        encode_key(1, WireType::LengthDelimited, &mut any);
+        encode_varint(type_url.len() as u64, &mut any);
+        any.extend_from_slice(type_url.as_bytes());
+        if !value.is_empty() {
+            encode_key(2, WireType::LengthDelimited, &mut any);
+            encode_varint(value.len() as u64, &mut any);
+            any.extend_from_slice(value);
+        }
+        Resource {
+            name: Arc::from(name),
+            version,
+            any: Bytes::from(any),
+            references: Arc::new([]),
+        }
+    }
+
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }

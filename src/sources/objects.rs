@@ -2,15 +2,16 @@
 //! types) become model values here, and nowhere else. Invalid objects are reported with a
 //! reason and left out; everything else is kept.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::model::{
-    Endpoint, EndpointState, Endpoints, Family, Model, PortKind, ProxyProtocol, Service,
-    ServiceKey, ServicePort, Skipped,
+    Endpoint, EndpointState, Family, Model, PortKind, ProxyProtocol, Service, ServiceKey,
+    ServicePort, Skipped, Slice,
 };
 
 pub const ANNOTATION_PRIMARY_FAMILY: &str = "dualstack-xds.io/primary-family";
@@ -159,12 +160,11 @@ fn parse_listener_ports(value: &str) -> Result<BTreeMap<u16, u16>, String> {
     Ok(map)
 }
 
-/// An EndpointSlice's contribution: the Service it belongs to, its family, its endpoints.
+/// An EndpointSlice's contribution: the Service it belongs to and its endpoints.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SliceEndpoints {
     pub service: ServiceKey,
-    pub family: Family,
-    pub endpoints: Vec<Endpoint>,
+    pub slice: Slice,
 }
 
 /// An EndpointSlice as the model sees it: `Ok(None)` for slices the product ignores
@@ -186,16 +186,11 @@ fn convert_slice(
             return Ok(None);
         }
     };
-    let Some(service) = object
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-    else {
+    let Some(service) = service_label(object) else {
         return Ok(None);
     };
     let mut ports = BTreeMap::new();
-    for port in object.ports.clone().unwrap_or_default() {
+    for port in object.ports.iter().flatten() {
         let Some(number) = port.port else {
             continue; // "all ports": not usable for a proxy
         };
@@ -204,12 +199,15 @@ fn convert_slice(
             port_number("port", number)?,
         );
     }
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(object.endpoints.len());
     for endpoint in &object.endpoints {
-        let conditions = endpoint.conditions.clone().unwrap_or_default();
-        let state = if conditions.ready != Some(false) {
+        let conditions = endpoint.conditions.as_ref();
+        let ready = conditions.and_then(|c| c.ready);
+        let serving = conditions.and_then(|c| c.serving);
+        let terminating = conditions.and_then(|c| c.terminating);
+        let state = if ready != Some(false) {
             EndpointState::Ready
-        } else if conditions.serving == Some(true) && conditions.terminating == Some(true) {
+        } else if serving == Some(true) && terminating == Some(true) {
             EndpointState::Draining
         } else {
             continue;
@@ -236,18 +234,25 @@ fn convert_slice(
                 state,
                 zone: endpoint.zone.clone(),
                 target: target.clone(),
-                ports: ports.clone(),
             });
         }
     }
     Ok(Some(SliceEndpoints {
         service: ServiceKey {
             namespace: key.namespace.clone(),
-            name: service.clone(),
+            name: service.to_owned(),
         },
-        family,
-        endpoints,
+        slice: Slice::new(family, ports, endpoints),
     }))
+}
+
+fn service_label(object: &EndpointSlice) -> Option<&str> {
+    object
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(String::as_str)
 }
 
 /// The ConfigMap's `primaryFamily`, if set.
@@ -269,7 +274,7 @@ pub fn config_primary_family(object: &ConfigMap) -> Result<Option<Family>, Skipp
 }
 
 /// The objects a source holds, by identity.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
     pub services: BTreeMap<ServiceKey, K8sService>,
     pub slices: BTreeMap<ServiceKey, EndpointSlice>,
@@ -279,33 +284,362 @@ pub struct Objects {
 impl Objects {
     /// Joins everything into a model (slices to Services by `kubernetes.io/service-name`).
     pub fn to_model(&self) -> Model {
-        let mut model = Model::default();
-        let mut endpoints: BTreeMap<ServiceKey, Endpoints> = BTreeMap::new();
-        for slice in self.slices.values() {
-            match endpoint_slice(slice) {
-                Ok(Some(s)) => endpoints
-                    .entry(s.service)
-                    .or_default()
-                    .merge(s.family, s.endpoints),
-                Ok(None) => {}
-                Err(skip) => model.skipped.push(skip),
+        let mut store = ModelStore::default();
+        store.sync(self.clone());
+        store.model
+    }
+}
+
+/// Which Services a change may have affected.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Changed {
+    #[default]
+    Nothing,
+    Services(BTreeSet<ServiceKey>),
+    /// The global primary family changed: every Service may have.
+    All,
+}
+
+impl Changed {
+    fn add(&mut self, key: ServiceKey) {
+        match self {
+            Changed::Nothing => *self = Changed::Services([key].into()),
+            Changed::Services(keys) => {
+                keys.insert(key);
+            }
+            Changed::All => {}
+        }
+    }
+
+    /// Adds what `other` changed.
+    pub fn merge(&mut self, other: Changed) {
+        match other {
+            Changed::Nothing => {}
+            Changed::All => *self = Changed::All,
+            Changed::Services(keys) => keys.into_iter().for_each(|k| self.add(k)),
+        }
+    }
+
+    pub fn is_nothing(&self) -> bool {
+        *self == Changed::Nothing
+    }
+
+    /// The Services to retranslate: `None` means all of them.
+    pub fn services(&self) -> Option<BTreeSet<ServiceKey>> {
+        match self {
+            Changed::Nothing => Some(BTreeSet::new()),
+            Changed::Services(keys) => Some(keys.clone()),
+            Changed::All => None,
+        }
+    }
+}
+
+/// The model, kept up to date object by object: a change to one object converts that
+/// object only and names the Services it touches. Sources feed it; translation reads
+/// [`ModelStore::model`].
+#[derive(Debug, Default)]
+pub struct ModelStore {
+    objects: Objects,
+    model: Model,
+    /// Which Service each slice feeds (its `kubernetes.io/service-name` when converted).
+    slice_service: BTreeMap<ServiceKey, ServiceKey>,
+}
+
+const SERVICE: &str = "Service";
+const SLICE: &str = "EndpointSlice";
+const CONFIG_MAP: &str = "ConfigMap";
+
+impl ModelStore {
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn objects(&self) -> &Objects {
+        &self.objects
+    }
+
+    /// Makes the store hold exactly `objects`, converting only what differs from what it
+    /// holds (a relist, or a re-read manifest directory, is applied as a whole).
+    pub fn sync(&mut self, objects: Objects) -> Changed {
+        let mut changed = self.replace_services(objects.services);
+        changed.merge(self.replace_slices(objects.slices));
+        changed.merge(self.set_config_map(objects.config_map));
+        changed
+    }
+
+    /// Replaces every Service at once.
+    pub fn replace_services(&mut self, services: BTreeMap<ServiceKey, K8sService>) -> Changed {
+        let mut changed = Changed::Nothing;
+        let gone: Vec<ServiceKey> = self
+            .objects
+            .services
+            .keys()
+            .filter(|k| !services.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            changed.merge(self.remove_service(&key));
+        }
+        for (_, object) in services {
+            changed.merge(self.upsert_service(object));
+        }
+        changed
+    }
+
+    /// Replaces every EndpointSlice at once.
+    pub fn replace_slices(&mut self, slices: BTreeMap<ServiceKey, EndpointSlice>) -> Changed {
+        let mut changed = Changed::Nothing;
+        let gone: Vec<ServiceKey> = self
+            .objects
+            .slices
+            .keys()
+            .filter(|k| !slices.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            changed.merge(self.remove_slice(&key));
+        }
+        for (_, object) in slices {
+            changed.merge(self.upsert_slice(object));
+        }
+        changed
+    }
+
+    pub fn upsert_service(&mut self, object: K8sService) -> Changed {
+        let key = key_of(&object.metadata);
+        if self.objects.services.get(&key) == Some(&object) {
+            return Changed::Nothing;
+        }
+        self.model.skipped.remove(&(SERVICE.into(), key.clone()));
+        match service(&object) {
+            Ok(svc) => {
+                self.model.services.insert(key.clone(), svc);
+            }
+            Err(skip) => {
+                self.model.services.remove(&key);
+                self.model
+                    .skipped
+                    .insert((SERVICE.into(), key.clone()), skip);
             }
         }
-        for object in self.services.values() {
-            match service(object) {
-                Ok(svc) => {
-                    let eps = endpoints.remove(&svc.key).unwrap_or_default();
-                    model.services.insert(svc.key.clone(), (svc, eps));
-                }
-                Err(skip) => model.skipped.push(skip),
+        self.objects.services.insert(key.clone(), object);
+        Changed::Services([key].into())
+    }
+
+    pub fn remove_service(&mut self, key: &ServiceKey) -> Changed {
+        self.model.skipped.remove(&(SERVICE.into(), key.clone()));
+        let existed = self.objects.services.remove(key).is_some();
+        self.model.services.remove(key);
+        if existed {
+            Changed::Services([key.clone()].into())
+        } else {
+            Changed::Nothing
+        }
+    }
+
+    pub fn upsert_slice(&mut self, object: EndpointSlice) -> Changed {
+        let key = key_of(&object.metadata);
+        if self.objects.slices.get(&key) == Some(&object) {
+            return Changed::Nothing;
+        }
+        let mut changed = self.detach_slice(&key);
+        match endpoint_slice(&object) {
+            Ok(Some(converted)) => {
+                let endpoints = self
+                    .model
+                    .endpoints
+                    .entry(converted.service.clone())
+                    .or_default();
+                endpoints
+                    .slices
+                    .insert(key.name.clone(), Arc::new(converted.slice));
+                self.slice_service
+                    .insert(key.clone(), converted.service.clone());
+                changed.add(converted.service);
+            }
+            Ok(None) => {}
+            Err(skip) => {
+                self.model.skipped.insert((SLICE.into(), key.clone()), skip);
             }
         }
-        if let Some(cm) = &self.config_map {
-            match config_primary_family(cm) {
-                Ok(family) => model.config_primary_family = family,
-                Err(skip) => model.skipped.push(skip),
+        self.objects.slices.insert(key, object);
+        changed
+    }
+
+    pub fn remove_slice(&mut self, key: &ServiceKey) -> Changed {
+        self.objects.slices.remove(key);
+        self.detach_slice(key)
+    }
+
+    /// Takes a slice's endpoints out of the Service it fed.
+    fn detach_slice(&mut self, key: &ServiceKey) -> Changed {
+        self.model.skipped.remove(&(SLICE.into(), key.clone()));
+        let Some(service) = self.slice_service.remove(key) else {
+            return Changed::Nothing;
+        };
+        if let Some(endpoints) = self.model.endpoints.get_mut(&service) {
+            endpoints.slices.remove(&key.name);
+            if endpoints.slices.is_empty() {
+                self.model.endpoints.remove(&service);
             }
         }
-        model
+        Changed::Services([service].into())
+    }
+
+    /// Sets (or, with `None`, removes) the mode ConfigMap.
+    pub fn set_config_map(&mut self, object: Option<ConfigMap>) -> Changed {
+        if self.objects.config_map == object {
+            return Changed::Nothing;
+        }
+        self.model
+            .skipped
+            .retain(|(kind, _), _| kind.as_str() != CONFIG_MAP);
+        let family = match object.as_ref().map(config_primary_family) {
+            None => None,
+            Some(Ok(family)) => family,
+            Some(Err(skip)) => {
+                let key = ServiceKey {
+                    namespace: skip.namespace.clone(),
+                    name: skip.name.clone(),
+                };
+                self.model.skipped.insert((CONFIG_MAP.into(), key), skip);
+                // An invalid value keeps the last valid one in force.
+                self.model.config_primary_family
+            }
+        };
+        self.objects.config_map = object;
+        if family == self.model.config_primary_family {
+            return Changed::Nothing;
+        }
+        self.model.config_primary_family = family;
+        Changed::All
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        serde_yaml_ng::from_str(text).unwrap()
+    }
+
+    fn svc(name: &str) -> K8sService {
+        yaml(&format!(
+            "metadata: {{name: {name}, namespace: ns}}\nspec: {{ports: [{{name: http, port: 80}}]}}"
+        ))
+    }
+
+    fn slice(name: &str, service: &str, ips: &[&str]) -> EndpointSlice {
+        let endpoints: Vec<String> = ips
+            .iter()
+            .map(|ip| format!("{{addresses: [\"{ip}\"]}}"))
+            .collect();
+        yaml(&format!(
+            "metadata: {{name: {name}, namespace: ns, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{}]",
+            endpoints.join(", ")
+        ))
+    }
+
+    fn key(name: &str) -> ServiceKey {
+        ServiceKey {
+            namespace: "ns".into(),
+            name: name.into(),
+        }
+    }
+
+    fn services(names: &[&str]) -> Changed {
+        Changed::Services(names.iter().map(|n| key(n)).collect())
+    }
+
+    #[test]
+    fn each_change_names_the_services_it_touches() {
+        let mut store = ModelStore::default();
+        assert_eq!(store.upsert_service(svc("web")), services(&["web"]));
+        assert_eq!(store.upsert_service(svc("web")), Changed::Nothing);
+        // A slice may arrive before its Service; it is kept and joined later.
+        assert_eq!(
+            store.upsert_slice(slice("api-1", "api", &["10.0.0.1"])),
+            services(&["api"])
+        );
+        assert_eq!(
+            store.model().endpoints_of(&key("api")).count(Family::IPv4),
+            1
+        );
+        // Relabelled to another Service: both are touched, the old one loses it.
+        assert_eq!(
+            store.upsert_slice(slice("api-1", "web", &["10.0.0.1", "10.0.0.2"])),
+            services(&["api", "web"])
+        );
+        assert_eq!(
+            store.model().endpoints_of(&key("api")).count(Family::IPv4),
+            0
+        );
+        assert_eq!(
+            store.model().endpoints_of(&key("web")).count(Family::IPv4),
+            2
+        );
+        assert_eq!(store.remove_slice(&key("api-1")), services(&["web"]));
+        assert!(store.model().endpoints.is_empty());
+        assert_eq!(store.remove_service(&key("web")), services(&["web"]));
+        assert_eq!(store.remove_service(&key("web")), Changed::Nothing);
+    }
+
+    #[test]
+    fn an_invalid_object_is_skipped_and_replaced_by_its_fix() {
+        let mut store = ModelStore::default();
+        store.upsert_service(svc("web"));
+        let mut bad = slice("web-1", "web", &["10.0.0.1"]);
+        bad.endpoints[0].addresses = vec!["not-an-ip".into()];
+        store.upsert_slice(bad);
+        let reasons: Vec<&str> = store.model().skipped().map(|s| s.reason.as_str()).collect();
+        assert_eq!(reasons, ["address \"not-an-ip\" is not an IP address"]);
+        assert!(
+            store.model().services.contains_key(&key("web")),
+            "the rest is served"
+        );
+        store.upsert_slice(slice("web-1", "web", &["10.0.0.1"]));
+        assert_eq!(store.model().skipped().count(), 0);
+        assert_eq!(
+            store.model().endpoints_of(&key("web")).count(Family::IPv4),
+            1
+        );
+    }
+
+    #[test]
+    fn the_config_map_changes_everything_and_a_bad_value_keeps_the_last_good_one() {
+        let mut store = ModelStore::default();
+        let cm = |family: &str| -> ConfigMap {
+            yaml(&format!(
+                "metadata: {{name: mode, namespace: ns}}\ndata: {{primaryFamily: {family}}}"
+            ))
+        };
+        assert_eq!(store.set_config_map(Some(cm("IPv6"))), Changed::All);
+        assert_eq!(store.model().config_primary_family, Some(Family::IPv6));
+        assert_eq!(store.set_config_map(Some(cm("IPv7"))), Changed::Nothing);
+        assert_eq!(store.model().config_primary_family, Some(Family::IPv6));
+        assert_eq!(store.model().skipped().count(), 1);
+        assert_eq!(store.set_config_map(None), Changed::All);
+        assert_eq!(store.model().config_primary_family, None);
+        assert_eq!(store.model().skipped().count(), 0);
+    }
+
+    #[test]
+    fn a_sync_applies_only_the_difference() {
+        let mut store = ModelStore::default();
+        let mut objects = Objects::default();
+        for name in ["a", "b", "c"] {
+            objects.services.insert(key(name), svc(name));
+        }
+        objects
+            .slices
+            .insert(key("b-1"), slice("b-1", "b", &["10.0.0.1"]));
+        assert_eq!(store.sync(objects.clone()), services(&["a", "b", "c"]));
+        objects.services.remove(&key("a"));
+        objects
+            .slices
+            .insert(key("b-1"), slice("b-1", "b", &["10.0.0.2"]));
+        assert_eq!(store.sync(objects.clone()), services(&["a", "b"]));
+        assert_eq!(store.sync(objects), Changed::Nothing);
     }
 }

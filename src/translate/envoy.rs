@@ -6,11 +6,11 @@
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, transport_socket, Address, AggregatedConfigSource,
-    ConfigSource, HealthStatus, Http2ProtocolOptions, Locality, ProxyProtocolConfig, SocketAddress,
+    ConfigSource, HealthStatus, Http2ProtocolOptions, ProxyProtocolConfig, SocketAddress,
     TransportSocket, UdpSocketConfig,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
-    lb_endpoint, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+    lb_endpoint, Endpoint as EnvoyEndpoint, LbEndpoint,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, FilterChain, Listener, ListenerFilter, UdpListenerConfig,
@@ -32,7 +32,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBu
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
-use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration};
 use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3::{matcher, Matcher};
 use prost::{Message, Name};
@@ -138,21 +138,30 @@ pub fn cluster(name: &str, port: &ServicePort, proxy_protocol: Option<ProxyProto
     cluster
 }
 
-/// The ClusterLoadAssignment of a Service port: the primary family's endpoints at
-/// priority 0 and, with failover, the other family's at priority 1.
+/// The ClusterLoadAssignment of a Service port, built whole: the primary family's
+/// endpoints at priority 0 and, with failover, the other family's at priority 1.
+/// Translation assembles the same bytes from encoded slices (see `endpoints`); this is
+/// the reference it is tested against.
+#[cfg(test)]
+use envoy_types::pb::envoy::config::{
+    core::v3::Locality,
+    endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints},
+};
+
+#[cfg(test)]
 pub fn load_assignment(
     name: &str,
-    port_name: &str,
+    port: u16,
     primary: &[Endpoint],
     failover: Option<&[Endpoint]>,
 ) -> ClusterLoadAssignment {
-    let mut endpoints = localities(port_name, primary, 0);
+    let mut endpoints = localities(port, primary, 0);
     if let Some(other) = failover {
         if endpoints.is_empty() {
             // Priorities are contiguous: an empty priority 0 sends all traffic to 1.
             endpoints.push(LocalityLbEndpoints::default());
         }
-        endpoints.extend(localities(port_name, other, 1));
+        endpoints.extend(localities(port, other, 1));
     }
     ClusterLoadAssignment {
         cluster_name: name.to_owned(),
@@ -162,27 +171,14 @@ pub fn load_assignment(
 }
 
 /// Endpoints grouped by zone (the zone becomes the Envoy locality).
-fn localities(port_name: &str, endpoints: &[Endpoint], priority: u32) -> Vec<LocalityLbEndpoints> {
+#[cfg(test)]
+fn localities(port: u16, endpoints: &[Endpoint], priority: u32) -> Vec<LocalityLbEndpoints> {
     let mut by_zone: std::collections::BTreeMap<Option<&str>, Vec<LbEndpoint>> = Default::default();
     for endpoint in endpoints {
-        let Some(port) = endpoint.ports.get(port_name) else {
-            continue;
-        };
-        let ip = endpoint.address.to_string();
         by_zone
             .entry(endpoint.zone.as_deref())
             .or_default()
-            .push(LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-                    address: Some(socket(&ip, *port, false)),
-                    ..Default::default()
-                })),
-                health_status: match endpoint.state {
-                    EndpointState::Ready => HealthStatus::Unknown as i32,
-                    EndpointState::Draining => HealthStatus::Draining as i32,
-                },
-                ..Default::default()
-            });
+            .push(lb_endpoint(endpoint, port));
     }
     by_zone
         .into_iter()
@@ -193,10 +189,24 @@ fn localities(port_name: &str, endpoints: &[Endpoint], priority: u32) -> Vec<Loc
             }),
             lb_endpoints,
             priority,
-            load_balancing_weight: None::<UInt32Value>,
             ..Default::default()
         })
         .collect()
+}
+
+/// One endpoint on one port; a terminating endpoint that still serves is draining.
+pub fn lb_endpoint(endpoint: &Endpoint, port: u16) -> LbEndpoint {
+    LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+            address: Some(socket(&endpoint.address.to_string(), port, false)),
+            ..Default::default()
+        })),
+        health_status: match endpoint.state {
+            EndpointState::Ready => HealthStatus::Unknown as i32,
+            EndpointState::Draining => HealthStatus::Draining as i32,
+        },
+        ..Default::default()
+    }
 }
 
 /// An ingress listener for a Service port on one family.

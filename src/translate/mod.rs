@@ -17,7 +17,10 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use crate::model::{
     Endpoints, Family, ListenerFamilies, Model, PortKind, Service, ServiceKey, ServicePort, Skipped,
 };
+
+mod endpoints;
 use crate::snapshot::{InconsistentSnapshot, Resource, ResourceType, Snapshot, SnapshotSet};
+use endpoints::EndpointCache;
 
 pub use envoy::router_filter;
 
@@ -72,6 +75,21 @@ fn digest<T: Hash + ?Sized>(value: &T) -> u128 {
     hasher.digest128()
 }
 
+/// A digest of everything a Service's resources depend on. Slices contribute their own
+/// digests, so a Service with many endpoints is compared in time proportional to its
+/// number of slices.
+fn input_digest(service: &Service, primary: Family, endpoints: &Endpoints) -> u128 {
+    use std::hash::Hasher;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::default();
+    service.hash(&mut hasher);
+    primary.hash(&mut hasher);
+    for (name, slice) in &endpoints.slices {
+        name.hash(&mut hasher);
+        hasher.write_u128(slice.digest());
+    }
+    hasher.digest128()
+}
+
 /// What is remembered of a Service's input: enough to tell whether it changed, and the
 /// listener ports it claims.
 #[derive(Clone, Debug)]
@@ -105,6 +123,8 @@ pub struct Translator {
     outputs: BTreeMap<ServiceKey, Output>,
     /// Which Services want each listener port; the first in key order gets it.
     claims: BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
+    /// Each Service's endpoints, encoded slice by slice.
+    endpoint_caches: BTreeMap<ServiceKey, EndpointCache>,
     snapshots: [Snapshot; 3],
 }
 
@@ -115,6 +135,7 @@ impl Translator {
             known: BTreeMap::new(),
             outputs: BTreeMap::new(),
             claims: BTreeMap::new(),
+            endpoint_caches: BTreeMap::new(),
             snapshots: Default::default(),
         }
     }
@@ -137,9 +158,10 @@ impl Translator {
         };
         let mut dirty = BTreeSet::new();
         for key in candidates {
-            let current = model.services.get(&key).map(|(service, endpoints)| {
+            let current = model.services.get(&key).map(|service| {
                 let primary = effective_primary(service, model, self.default_primary);
-                (service, digest(&(service, endpoints, primary)))
+                let digest = input_digest(service, primary, model.endpoints_of(&key));
+                (service, digest)
             });
             if current.map(|(_, d)| d) == self.known.get(&key).map(|k| k.digest) {
                 continue;
@@ -158,32 +180,59 @@ impl Translator {
         let mut outputs = Vec::new();
         for key in &dirty {
             let old = self.outputs.get(key);
-            let output = model
-                .services
-                .get(key)
-                .map(|(service, endpoints)| self.translate(key, service, endpoints, model, old));
+            let output = match model.services.get(key) {
+                Some(service) => {
+                    let cache = self.endpoint_caches.entry(key.clone()).or_default();
+                    let primary = effective_primary(service, model, self.default_primary);
+                    Some(translate(
+                        &self.claims,
+                        key,
+                        service,
+                        model.endpoints_of(key),
+                        primary,
+                        cache,
+                        old,
+                    ))
+                }
+                None => {
+                    self.endpoint_caches.remove(key);
+                    None
+                }
+            };
             let only_endpoints = matches!((old, &output), (Some(o), Some(n)) if o.service_digest == n.service_digest);
-            for (builder, families) in builders.iter_mut().zip(ListenerFamilies::ALL) {
+            // Clusters and endpoints are the same in every group: they are edited in the
+            // first group's snapshot and shared with the others. Listeners and routes
+            // depend on the group's families.
+            for (i, (builder, families)) in
+                builders.iter_mut().zip(ListenerFamilies::ALL).enumerate()
+            {
+                let shared = i == 0;
                 match (&output, only_endpoints) {
                     (Some(new), true) => {
-                        for r in &new.load_assignments {
-                            builder.upsert_resource(ResourceType::Endpoint, r.clone());
+                        if shared {
+                            for r in &new.load_assignments {
+                                builder.upsert_resource(ResourceType::Endpoint, r.clone());
+                            }
                         }
                     }
                     _ => {
                         if let Some(old) = old {
-                            remove(builder, old, families);
+                            remove(builder, old, families, shared);
                         }
                         if let Some(new) = &output {
-                            add(builder, new, families);
+                            add(builder, new, families, shared);
                         }
                     }
                 }
             }
             outputs.push((key.clone(), output));
         }
-        let mut snapshots = Vec::new();
-        for builder in builders {
+        let mut builders = builders.into_iter();
+        let first = builders.next().expect("three groups").build()?;
+        let mut snapshots = vec![first.clone()];
+        for mut builder in builders {
+            builder.share(&first, ResourceType::Cluster);
+            builder.share(&first, ResourceType::Endpoint);
             snapshots.push(builder.build()?);
         }
         for (key, output) in outputs {
@@ -251,108 +300,109 @@ impl Translator {
             }
         }
     }
+}
 
-    fn translate(
-        &self,
-        key: &ServiceKey,
-        service: &Service,
-        endpoints: &Endpoints,
-        model: &Model,
-        old: Option<&Output>,
-    ) -> Output {
-        let primary = effective_primary(service, model, self.default_primary);
-        let owners: Vec<Option<&ServiceKey>> = service
-            .ports
-            .iter()
-            .map(|p| {
-                self.claims
-                    .get(&(p.listener_port, p.kind == PortKind::Udp))
-                    .and_then(|o| o.first())
-            })
-            .collect();
-        let service_digest = digest(&(service, &owners));
-        let mut output = match old {
-            Some(old) if old.service_digest == service_digest => Output {
-                load_assignments: Vec::new(),
-                ..old.clone()
-            },
-            _ => self.translate_service(key, service, &owners, service_digest),
-        };
-        for port in &service.ports {
-            let failover = service.failover.then(|| endpoints.family(primary.other()));
-            output
-                .load_assignments
-                .push(Resource::new(&envoy::load_assignment(
-                    &cluster_name(key, port),
-                    &port.name,
-                    endpoints.family(primary),
-                    failover,
-                )));
-        }
-        output
+/// A Service's resources: clusters, listeners and routes are reused from `old` when what
+/// they depend on is unchanged; the ClusterLoadAssignments are assembled from the
+/// Service's encoded slices.
+fn translate(
+    claims: &BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
+    key: &ServiceKey,
+    service: &Service,
+    endpoints: &Endpoints,
+    primary: Family,
+    cache: &mut EndpointCache,
+    old: Option<&Output>,
+) -> Output {
+    let owners: Vec<Option<&ServiceKey>> = service
+        .ports
+        .iter()
+        .map(|p| {
+            claims
+                .get(&(p.listener_port, p.kind == PortKind::Udp))
+                .and_then(|o| o.first())
+        })
+        .collect();
+    let service_digest = digest(&(service, &owners));
+    let mut output = match old {
+        Some(old) if old.service_digest == service_digest => Output {
+            load_assignments: Vec::new(),
+            ..old.clone()
+        },
+        _ => translate_service(key, service, &owners, service_digest),
+    };
+    cache.sync(endpoints);
+    for port in &service.ports {
+        output.load_assignments.push(cache.load_assignment(
+            &cluster_name(key, port),
+            &port.name,
+            endpoints,
+            primary,
+            service.failover,
+        ));
     }
+    output
+}
 
-    /// Clusters, listeners and routes: everything but the endpoints.
-    fn translate_service(
-        &self,
-        key: &ServiceKey,
-        service: &Service,
-        owners: &[Option<&ServiceKey>],
-        service_digest: u128,
-    ) -> Output {
-        let mut output = Output {
-            service_digest,
-            ..Default::default()
-        };
-        for (port, owner) in service.ports.iter().zip(owners) {
-            let name = cluster_name(key, port);
-            output.clusters.push(Resource::new(&envoy::cluster(
-                &name,
+/// Clusters, listeners and routes: everything but the endpoints.
+fn translate_service(
+    key: &ServiceKey,
+    service: &Service,
+    owners: &[Option<&ServiceKey>],
+    service_digest: u128,
+) -> Output {
+    let mut output = Output {
+        service_digest,
+        ..Default::default()
+    };
+    for (port, owner) in service.ports.iter().zip(owners) {
+        let name = cluster_name(key, port);
+        output.clusters.push(Resource::new(&envoy::cluster(
+            &name,
+            port,
+            service.proxy_protocol,
+        )));
+        if !service.ingress {
+            continue;
+        }
+        if *owner != Some(key) {
+            output.conflicts.push(Skipped {
+                kind: "Service".into(),
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                reason: format!(
+                    "listener port {} is already used by Service {}: no ingress listener for port {}",
+                    port.listener_port,
+                    owner.map(ToString::to_string).unwrap_or_default(),
+                    port.port
+                ),
+            });
+            continue;
+        }
+        let route = port.kind.is_http().then(|| name.clone());
+        if let Some(route) = &route {
+            output.routes.insert(
+                route.clone(),
+                Resource::new(&envoy::route_configuration(route, &name, port.kind)),
+            );
+        }
+        for family in Family::BOTH {
+            let listener = envoy::listener(
+                &listener_name(key, port, family),
+                family,
                 port,
-                service.proxy_protocol,
-            )));
-            if !service.ingress {
-                continue;
-            }
-            if *owner != Some(key) {
-                output.conflicts.push(Skipped {
-                    kind: "Service".into(),
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                    reason: format!(
-                        "listener port {} is already used by Service {}: no ingress listener for port {}",
-                        port.listener_port,
-                        owner.map(ToString::to_string).unwrap_or_default(),
-                        port.port
-                    ),
-                });
-                continue;
-            }
-            let route = port.kind.is_http().then(|| name.clone());
-            if let Some(route) = &route {
-                output.routes.insert(
-                    route.clone(),
-                    Resource::new(&envoy::route_configuration(route, &name, port.kind)),
-                );
-            }
-            for family in Family::BOTH {
-                let listener = envoy::listener(
-                    &listener_name(key, port, family),
-                    family,
-                    port,
-                    &name,
-                    route.as_deref().unwrap_or_default(),
-                );
-                let references = route.iter().cloned().collect();
-                output.listeners.push((
-                    family,
-                    Resource::with_references(&listener, references),
-                    route.clone(),
-                ));
-            }
+                &name,
+                route.as_deref().unwrap_or_default(),
+            );
+            let references = route.iter().cloned().collect();
+            output.listeners.push((
+                family,
+                Resource::with_references(&listener, references),
+                route.clone(),
+            ));
         }
-        output
     }
+    output
 }
 
 fn group_listeners(
@@ -372,16 +422,21 @@ fn group_routes(output: &Output, families: ListenerFamilies) -> BTreeSet<&String
         .collect()
 }
 
+/// Removes a Service's resources from a group's snapshot; clusters and endpoints only
+/// when `shared` (they are edited once and shared by every group).
 fn remove(
     builder: &mut crate::snapshot::SnapshotBuilder,
     output: &Output,
     families: ListenerFamilies,
+    shared: bool,
 ) {
-    for r in &output.clusters {
-        builder.remove(ResourceType::Cluster, r.name());
-    }
-    for r in &output.load_assignments {
-        builder.remove(ResourceType::Endpoint, r.name());
+    if shared {
+        for r in &output.clusters {
+            builder.remove(ResourceType::Cluster, r.name());
+        }
+        for r in &output.load_assignments {
+            builder.remove(ResourceType::Endpoint, r.name());
+        }
     }
     for (_, r, _) in group_listeners(output, families) {
         builder.remove(ResourceType::Listener, r.name());
@@ -391,16 +446,20 @@ fn remove(
     }
 }
 
+/// Adds a Service's resources to a group's snapshot (see [`remove`]).
 fn add(
     builder: &mut crate::snapshot::SnapshotBuilder,
     output: &Output,
     families: ListenerFamilies,
+    shared: bool,
 ) {
-    for r in &output.clusters {
-        builder.upsert_resource(ResourceType::Cluster, r.clone());
-    }
-    for r in &output.load_assignments {
-        builder.upsert_resource(ResourceType::Endpoint, r.clone());
+    if shared {
+        for r in &output.clusters {
+            builder.upsert_resource(ResourceType::Cluster, r.clone());
+        }
+        for r in &output.load_assignments {
+            builder.upsert_resource(ResourceType::Endpoint, r.clone());
+        }
     }
     for (_, r, _) in group_listeners(output, families) {
         builder.upsert_resource(ResourceType::Listener, r.clone());

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use super::*;
-use crate::model::{Endpoint, EndpointState, ProxyProtocol};
+use std::sync::Arc;
+
+use crate::model::{Endpoint, EndpointState, ProxyProtocol, Slice};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
@@ -32,31 +34,39 @@ fn service(name: &str, port: u16, kind: PortKind) -> Service {
     }
 }
 
-fn endpoint(ip: &str, port: u16) -> Endpoint {
+fn endpoint(ip: &str) -> Endpoint {
     Endpoint {
         address: ip.parse().unwrap(),
         state: EndpointState::Ready,
         zone: Some("zone-1".into()),
         target: None,
-        ports: BTreeMap::from([("main".to_string(), port)]),
     }
+}
+
+fn slice(family: Family, ips: &[&str]) -> Arc<Slice> {
+    Arc::new(Slice::new(
+        family,
+        BTreeMap::from([("main".to_string(), 8080)]),
+        ips.iter().map(|ip| endpoint(ip)).collect(),
+    ))
 }
 
 fn dual_endpoints() -> Endpoints {
-    Endpoints {
-        ipv4: vec![endpoint("10.0.0.1", 8080), endpoint("10.0.0.2", 8080)],
-        ipv6: vec![endpoint("fd00::1", 8080)],
-    }
+    let mut e = Endpoints::default();
+    e.slices
+        .insert("v4".into(), slice(Family::IPv4, &["10.0.0.1", "10.0.0.2"]));
+    e.slices
+        .insert("v6".into(), slice(Family::IPv6, &["fd00::1"]));
+    e
 }
 
 fn model(services: Vec<Service>) -> Model {
-    Model {
-        services: services
-            .into_iter()
-            .map(|s| (s.key.clone(), (s, dual_endpoints())))
-            .collect(),
-        ..Default::default()
+    let mut m = Model::default();
+    for s in services {
+        m.endpoints.insert(s.key.clone(), dual_endpoints());
+        m.services.insert(s.key.clone(), s);
     }
+    m
 }
 
 fn group<'a>(set: &'a SnapshotSet, families: &str) -> &'a Snapshot {
@@ -182,7 +192,7 @@ fn annotation_overrides_config_map_overrides_flag() {
         "annotation"
     );
     m.config_primary_family = Some(Family::IPv4);
-    m.services.get_mut(&key("pinned")).unwrap().0.primary_family = Some(Family::IPv6);
+    m.services.get_mut(&key("pinned")).unwrap().primary_family = Some(Family::IPv6);
     let set = t.update(&m, None).unwrap();
     let g = group(&set, "IPv4,IPv6");
     assert_eq!(
@@ -208,7 +218,11 @@ fn failover_puts_the_other_family_at_priority_one() {
     assert_eq!(addresses(&c, 0), ["10.0.0.1", "10.0.0.2"]);
     assert_eq!(addresses(&c, 1), ["fd00::1"]);
     // No primary endpoints at all: priority 0 is present and empty.
-    m.services.get_mut(&key("web")).unwrap().1.ipv4.clear();
+    m.endpoints
+        .get_mut(&key("web"))
+        .unwrap()
+        .slices
+        .remove("v4");
     let set = t.update(&m, None).unwrap();
     let c = cla(group(&set, "IPv4"), "default/web:80");
     assert!(addresses(&c, 0).is_empty());
@@ -225,12 +239,10 @@ fn a_change_to_one_service_touches_only_its_resources() {
             .collect(),
     );
     let before = t.update(&m, None).unwrap();
-    m.services
-        .get_mut(&key("s7"))
-        .unwrap()
-        .1
-        .ipv4
-        .push(endpoint("10.0.0.9", 8080));
+    m.endpoints.get_mut(&key("s7")).unwrap().slices.insert(
+        "v4".into(),
+        slice(Family::IPv4, &["10.0.0.1", "10.0.0.2", "10.0.0.9"]),
+    );
     let changed = [key("s7")].into();
     let after = t.update(&m, Some(&changed)).unwrap();
     let g = |s: &SnapshotSet| group(s, "IPv4,IPv6").clone();
@@ -279,10 +291,7 @@ fn listener_port_conflicts_are_reported_and_the_first_service_keeps_the_port() {
         conflicts[0].reason
     );
     // UDP on the same port is a different socket: no conflict.
-    m.services.insert(
-        key("u"),
-        (service("u", 80, PortKind::Udp), dual_endpoints()),
-    );
+    m.services.insert(key("u"), service("u", 80, PortKind::Udp));
     // When a leaves, b gets the port.
     m.services.remove(&key("a"));
     let set = t.update(&m, None).unwrap();
