@@ -8,16 +8,23 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing::info;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use prometheus_client::registry::Registry;
+
+use crate::admin::Admin;
+use crate::model::Model;
 use crate::model::{Family, ListenerFamilies, ServiceKey};
 use crate::server::{ClientRegistry, XdsServer};
 use crate::snapshot::json::snapshot_json;
 use crate::snapshot::SnapshotCache;
-use crate::sources::manifest_watch::{self, Debounce, ManifestDir};
+use crate::sources::debounce::Debounce;
+use crate::sources::kube::{self, SourceMetrics};
+use crate::sources::manifest_watch::{self, ManifestDir};
 use crate::sources::manifests::{self, LabelSelector};
-use crate::sources::objects::ModelStore;
+use crate::sources::objects::{Changed, ModelStore};
 use crate::translate::{self, Translator};
 
 #[derive(Debug, Parser)]
@@ -97,15 +104,23 @@ enum LogFormat {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("source").args(["manifests", "kubeconfig"]))]
 struct Serve {
-    /// Directory of Kubernetes manifests (YAML or JSON) to serve.
+    /// Directory of Kubernetes manifests (YAML or JSON) to serve, watched live.
     #[arg(long)]
-    manifests: PathBuf,
+    manifests: Option<PathBuf>,
+    /// Kubeconfig of the cluster to watch (in-cluster configuration when neither this nor
+    /// --manifests is given).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     selection: Selection,
     /// Address the xDS gRPC server listens on.
     #[arg(long, default_value = "[::]:18000")]
     xds_addr: SocketAddr,
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    admin_addr: SocketAddr,
     /// Quiet period that ends a burst of changes before they are published.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     debounce: std::time::Duration,
@@ -130,59 +145,127 @@ impl Serve {
     async fn run(self) -> anyhow::Result<()> {
         let Serve {
             manifests,
+            kubeconfig,
             selection,
             xds_addr,
+            admin_addr,
             debounce,
             debounce_max,
             log_format,
         } = self;
         init_logging(log_format);
         let cache = SnapshotCache::new();
-        let source = ManifestDir::load(&manifests, selection.filter())
-            .with_context(|| format!("reading {}", manifests.display()))?;
-        let mut translator = Translator::new(selection.primary_family);
-        let mut store = ModelStore::default();
-        let mut publish = {
-            let cache = cache.clone();
-            move |source: &ManifestDir| {
-                let changed = store.sync(source.objects());
-                if changed.is_nothing() && cache.current().is_some() {
-                    return;
-                }
-                let model = store.model();
-                let result = translator.update(model, changed.services().as_ref());
-                for skipped in model.skipped().chain(translator.conflicts().iter()) {
-                    tracing::warn!(kind = %skipped.kind, namespace = %skipped.namespace, name = %skipped.name, reason = %skipped.reason, "skipping an invalid object");
-                }
-                match result {
-                    Ok(set) => {
-                        cache.publish(set);
-                        info!(services = model.services.len(), "configuration published");
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "not publishing an inconsistent snapshot")
-                    }
-                }
-            }
+        let clients = ClientRegistry::new();
+        let source_metrics = SourceMetrics::default();
+        let mut registry = Registry::with_prefix("dualstack_xds");
+        clients.metrics.register(&mut registry);
+        source_metrics.register(&mut registry);
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin = Admin {
+            ready: ready.clone(),
+            registry: Arc::new(registry),
         };
-        publish(&source);
+        let admin_listener = TcpListener::bind(admin_addr)
+            .await
+            .with_context(|| format!("binding the admin address {admin_addr}"))?;
+        info!(addr = %admin_listener.local_addr()?, "serving admin HTTP");
+        tokio::spawn(async move {
+            if let Err(error) = admin.serve(admin_listener).await {
+                tracing::error!(%error, "admin HTTP server failed");
+            }
+        });
         let debounce = Debounce {
             quiet: debounce,
             max_delay: debounce_max.max(debounce),
         };
-        tokio::spawn(async move {
-            if let Err(error) = manifest_watch::watch(source, debounce, publish).await {
-                tracing::error!(%error, "watching the manifest directory failed; serving the last configuration");
+        let mut publisher = Publisher {
+            translator: Translator::new(selection.primary_family),
+            cache: cache.clone(),
+        };
+        match manifests {
+            Some(dir) => {
+                let source = ManifestDir::load(&dir, selection.filter())
+                    .with_context(|| format!("reading {}", dir.display()))?;
+                let mut store = ModelStore::default();
+                let mut on_change = move |source: &ManifestDir| {
+                    let changed = store.sync(source.objects());
+                    publisher.publish(store.model(), changed);
+                };
+                on_change(&source);
+                ready.store(true, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    if let Err(error) = manifest_watch::watch(source, debounce, on_change).await {
+                        tracing::error!(%error, "watching the manifest directory failed; serving the last configuration");
+                    }
+                });
             }
-        });
+            None => {
+                let client = kube_client(kubeconfig.as_deref()).await?;
+                let scope = kube::Scope {
+                    service_selector: selection.service_selector.to_string(),
+                    namespaces: selection.namespaces.clone(),
+                    config_map: selection.config_map.clone(),
+                };
+                tokio::spawn(kube::run(
+                    client,
+                    scope,
+                    debounce,
+                    source_metrics,
+                    ready,
+                    move |model, changed| publisher.publish(model, changed),
+                ));
+            }
+        }
         let listener = TcpListener::bind(xds_addr)
             .await
             .with_context(|| format!("binding the xDS address {xds_addr}"))?;
         info!(addr = %listener.local_addr()?, "serving xDS");
         let grouping: crate::server::NodeGrouping = Arc::new(translate::node_group);
-        let server = XdsServer::new(cache, grouping, ClientRegistry::new());
+        let server = XdsServer::new(cache, grouping, clients);
         server.serve(listener, shutdown_signal()).await?;
         Ok(())
+    }
+}
+
+/// A client for the cluster of `kubeconfig`, or the one this pod runs in.
+async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<::kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = ::kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            ::kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None => ::kube::Config::incluster().context(
+            "no --manifests or --kubeconfig given, and not running in a cluster (in-cluster configuration)",
+        )?,
+    };
+    ::kube::Client::try_from(config).context("creating the Kubernetes client")
+}
+
+/// Translates what changed and publishes it.
+struct Publisher {
+    translator: Translator,
+    cache: SnapshotCache,
+}
+
+impl Publisher {
+    fn publish(&mut self, model: &Model, changed: Changed) {
+        if changed.is_nothing() && self.cache.current().is_some() {
+            return;
+        }
+        let result = self.translator.update(model, changed.services().as_ref());
+        for skipped in model.skipped().chain(self.translator.conflicts().iter()) {
+            tracing::warn!(kind = %skipped.kind, namespace = %skipped.namespace, name = %skipped.name, reason = %skipped.reason, "skipping an invalid object");
+        }
+        match result {
+            Ok(set) => {
+                self.cache.publish(set);
+                info!(services = model.services.len(), "configuration published");
+            }
+            Err(error) => tracing::error!(%error, "not publishing an inconsistent snapshot"),
+        }
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use dualstack_xds::model::{Family, ServiceKey};
 use dualstack_xds::snapshot::{ResourceType, SnapshotCache, SnapshotSet};
-use dualstack_xds::sources::manifest_watch::{watch, Debounce, ManifestDir};
+use dualstack_xds::sources::debounce::Debounce;
+use dualstack_xds::sources::manifest_watch::{watch, ManifestDir};
 use dualstack_xds::sources::manifests::Filter;
 use dualstack_xds::translate::Translator;
 

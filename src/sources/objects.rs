@@ -14,6 +14,8 @@ use crate::model::{
     ServicePort, Skipped, Slice,
 };
 
+/// Every annotation the product reads starts with this.
+pub const ANNOTATION_PREFIX: &str = "dualstack-xds.io/";
 pub const ANNOTATION_PRIMARY_FAMILY: &str = "dualstack-xds.io/primary-family";
 pub const ANNOTATION_FAILOVER: &str = "dualstack-xds.io/failover";
 pub const ANNOTATION_PROXY_PROTOCOL: &str = "dualstack-xds.io/proxy-protocol";
@@ -22,7 +24,9 @@ pub const ANNOTATION_INGRESS: &str = "dualstack-xds.io/ingress";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const CONFIG_PRIMARY_FAMILY_KEY: &str = "primaryFamily";
 
-fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ServiceKey {
+pub(crate) fn key_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> ServiceKey {
     ServiceKey {
         namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
         name: meta.name.clone().unwrap_or_default(),
@@ -337,12 +341,18 @@ impl Changed {
 /// The model, kept up to date object by object: a change to one object converts that
 /// object only and names the Services it touches. Sources feed it; translation reads
 /// [`ModelStore::model`].
+///
+/// Only converted values are kept, not the objects: an EndpointSlice of 100 endpoints
+/// is a few kilobytes as a Kubernetes object and a fraction of that as a [`Slice`]. An
+/// update that converts to what is already held changes nothing.
 #[derive(Debug, Default)]
 pub struct ModelStore {
-    objects: Objects,
     model: Model,
-    /// Which Service each slice feeds (its `kubernetes.io/service-name` when converted).
-    slice_service: BTreeMap<ServiceKey, ServiceKey>,
+    /// Every Service object held (valid or skipped).
+    services: BTreeSet<ServiceKey>,
+    /// Every EndpointSlice object held, with the Service it feeds (if any).
+    slices: BTreeMap<ServiceKey, Option<ServiceKey>>,
+    config_map: Option<ConfigMap>,
 }
 
 const SERVICE: &str = "Service";
@@ -354,12 +364,8 @@ impl ModelStore {
         &self.model
     }
 
-    pub fn objects(&self) -> &Objects {
-        &self.objects
-    }
-
     /// Makes the store hold exactly `objects`, converting only what differs from what it
-    /// holds (a relist, or a re-read manifest directory, is applied as a whole).
+    /// holds (a re-read manifest directory is applied as a whole).
     pub fn sync(&mut self, objects: Objects) -> Changed {
         let mut changed = self.replace_services(objects.services);
         changed.merge(self.replace_slices(objects.slices));
@@ -371,9 +377,8 @@ impl ModelStore {
     pub fn replace_services(&mut self, services: BTreeMap<ServiceKey, K8sService>) -> Changed {
         let mut changed = Changed::Nothing;
         let gone: Vec<ServiceKey> = self
-            .objects
             .services
-            .keys()
+            .iter()
             .filter(|k| !services.contains_key(*k))
             .cloned()
             .collect();
@@ -390,7 +395,6 @@ impl ModelStore {
     pub fn replace_slices(&mut self, slices: BTreeMap<ServiceKey, EndpointSlice>) -> Changed {
         let mut changed = Changed::Nothing;
         let gone: Vec<ServiceKey> = self
-            .objects
             .slices
             .keys()
             .filter(|k| !slices.contains_key(*k))
@@ -407,74 +411,91 @@ impl ModelStore {
 
     pub fn upsert_service(&mut self, object: K8sService) -> Changed {
         let key = key_of(&object.metadata);
-        if self.objects.services.get(&key) == Some(&object) {
-            return Changed::Nothing;
-        }
-        self.model.skipped.remove(&(SERVICE.into(), key.clone()));
+        self.services.insert(key.clone());
+        let skip_key = (SERVICE.to_owned(), key.clone());
         match service(&object) {
             Ok(svc) => {
+                if self.model.services.get(&key) == Some(&svc) {
+                    return Changed::Nothing;
+                }
+                self.model.skipped.remove(&skip_key);
                 self.model.services.insert(key.clone(), svc);
             }
             Err(skip) => {
+                if self.model.skipped.get(&skip_key) == Some(&skip) {
+                    return Changed::Nothing;
+                }
                 self.model.services.remove(&key);
-                self.model
-                    .skipped
-                    .insert((SERVICE.into(), key.clone()), skip);
+                self.model.skipped.insert(skip_key, skip);
             }
         }
-        self.objects.services.insert(key.clone(), object);
         Changed::Services([key].into())
     }
 
     pub fn remove_service(&mut self, key: &ServiceKey) -> Changed {
-        self.model.skipped.remove(&(SERVICE.into(), key.clone()));
-        let existed = self.objects.services.remove(key).is_some();
-        self.model.services.remove(key);
-        if existed {
-            Changed::Services([key.clone()].into())
-        } else {
-            Changed::Nothing
+        if !self.services.remove(key) {
+            return Changed::Nothing;
         }
+        self.model.skipped.remove(&(SERVICE.into(), key.clone()));
+        self.model.services.remove(key);
+        Changed::Services([key.clone()].into())
     }
 
     pub fn upsert_slice(&mut self, object: EndpointSlice) -> Changed {
         let key = key_of(&object.metadata);
-        if self.objects.slices.get(&key) == Some(&object) {
-            return Changed::Nothing;
-        }
-        let mut changed = self.detach_slice(&key);
+        let skip_key = (SLICE.to_owned(), key.clone());
         match endpoint_slice(&object) {
             Ok(Some(converted)) => {
-                let endpoints = self
-                    .model
+                let held = self.slices.get(&key).cloned().flatten();
+                if held.as_ref() == Some(&converted.service) {
+                    let same = self
+                        .model
+                        .endpoints
+                        .get(&converted.service)
+                        .and_then(|e| e.slices.get(&key.name))
+                        .is_some_and(|s| s.digest() == converted.slice.digest());
+                    if same {
+                        return Changed::Nothing;
+                    }
+                }
+                let mut changed = self.detach_slice(&key);
+                self.model
                     .endpoints
                     .entry(converted.service.clone())
-                    .or_default();
-                endpoints
+                    .or_default()
                     .slices
                     .insert(key.name.clone(), Arc::new(converted.slice));
-                self.slice_service
-                    .insert(key.clone(), converted.service.clone());
+                self.slices.insert(key, Some(converted.service.clone()));
                 changed.add(converted.service);
+                changed
             }
-            Ok(None) => {}
+            Ok(None) => {
+                let changed = self.detach_slice(&key);
+                self.slices.insert(key, None);
+                changed
+            }
             Err(skip) => {
-                self.model.skipped.insert((SLICE.into(), key.clone()), skip);
+                if self.model.skipped.get(&skip_key) == Some(&skip) {
+                    return Changed::Nothing;
+                }
+                let changed = self.detach_slice(&key);
+                self.model.skipped.insert(skip_key, skip);
+                self.slices.insert(key, None);
+                changed
             }
         }
-        self.objects.slices.insert(key, object);
-        changed
     }
 
     pub fn remove_slice(&mut self, key: &ServiceKey) -> Changed {
-        self.objects.slices.remove(key);
-        self.detach_slice(key)
+        let changed = self.detach_slice(key);
+        self.slices.remove(key);
+        changed
     }
 
-    /// Takes a slice's endpoints out of the Service it fed.
+    /// Takes a slice's endpoints out of the Service it fed, and any skip record.
     fn detach_slice(&mut self, key: &ServiceKey) -> Changed {
         self.model.skipped.remove(&(SLICE.into(), key.clone()));
-        let Some(service) = self.slice_service.remove(key) else {
+        let Some(Some(service)) = self.slices.insert(key.clone(), None) else {
             return Changed::Nothing;
         };
         if let Some(endpoints) = self.model.endpoints.get_mut(&service) {
@@ -488,7 +509,7 @@ impl ModelStore {
 
     /// Sets (or, with `None`, removes) the mode ConfigMap.
     pub fn set_config_map(&mut self, object: Option<ConfigMap>) -> Changed {
-        if self.objects.config_map == object {
+        if self.config_map == object {
             return Changed::Nothing;
         }
         self.model
@@ -507,7 +528,7 @@ impl ModelStore {
                 self.model.config_primary_family
             }
         };
-        self.objects.config_map = object;
+        self.config_map = object;
         if family == self.model.config_primary_family {
             return Changed::Nothing;
         }

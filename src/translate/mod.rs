@@ -115,6 +115,18 @@ struct Output {
 /// A listener port on the ingress: TCP and UDP are separate sockets.
 type PortClaim = (u16, bool);
 
+/// The listener ports a Service wants (none when its ingress is off).
+fn port_claims(service: &Service) -> Vec<PortClaim> {
+    if !service.ingress {
+        return Vec::new();
+    }
+    service
+        .ports
+        .iter()
+        .map(|p| (p.listener_port, p.kind == PortKind::Udp))
+        .collect()
+}
+
 /// Incremental translator: keeps each Service's output and one snapshot per group.
 #[derive(Debug)]
 pub struct Translator {
@@ -166,12 +178,26 @@ impl Translator {
             if current.map(|(_, d)| d) == self.known.get(&key).map(|k| k.digest) {
                 continue;
             }
-            self.release_claims(&key, &mut dirty);
-            if let Some((service, digest)) = current {
-                let claims = self.claim(&key, service, &mut dirty);
-                self.known.insert(key.clone(), Known { digest, claims });
-            } else {
-                self.known.remove(&key);
+            let claims = current.map(|(service, _)| port_claims(service));
+            let same_claims = matches!(
+                (&claims, self.known.get(&key)),
+                (Some(new), Some(known)) if *new == known.claims
+            );
+            if !same_claims {
+                // Listener ports change hands only when claims change: other Services
+                // are retranslated then, not when only endpoints move.
+                self.release_claims(&key, &mut dirty);
+            }
+            match (current, claims) {
+                (Some((_, digest)), Some(claims)) => {
+                    if !same_claims {
+                        self.claim(&key, &claims, &mut dirty);
+                    }
+                    self.known.insert(key.clone(), Known { digest, claims });
+                }
+                _ => {
+                    self.known.remove(&key);
+                }
             }
             dirty.insert(key);
         }
@@ -262,28 +288,13 @@ impl Translator {
             .collect()
     }
 
-    fn claim(
-        &mut self,
-        key: &ServiceKey,
-        service: &Service,
-        dirty: &mut BTreeSet<ServiceKey>,
-    ) -> Vec<PortClaim> {
-        let claims: Vec<PortClaim> = if service.ingress {
-            service
-                .ports
-                .iter()
-                .map(|p| (p.listener_port, p.kind == PortKind::Udp))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        for claim in &claims {
+    fn claim(&mut self, key: &ServiceKey, claims: &[PortClaim], dirty: &mut BTreeSet<ServiceKey>) {
+        for claim in claims {
             let owners = self.claims.entry(*claim).or_default();
             // Whoever held the port may lose it: retranslate every claimant.
             dirty.extend(owners.iter().cloned());
             owners.insert(key.clone());
         }
-        claims
     }
 
     fn release_claims(&mut self, key: &ServiceKey, dirty: &mut BTreeSet<ServiceKey>) {

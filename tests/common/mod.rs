@@ -2,6 +2,8 @@
 //! real Envoy processes, and polling helpers.
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,523 @@
+//! The Kubernetes source, end to end: the real `dualstack-xds serve --kubeconfig` binary
+//! (kube-rs watchers) against the fake API server, observed through an open ADS stream
+//! and the admin endpoints.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::apiserver::{FakeApiServer, Kind};
+use common::*;
+use dualstack_xds::snapshot::ResourceType;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::{address, Node};
+use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use prost::Message;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const NS: &str = "shop";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn service(name: &str, annotations: Value) -> Value {
+    json!({
+        "kind": "Service",
+        "metadata": {
+            "name": name, "namespace": NS,
+            "labels": {"dualstack-xds.io/expose": "true"},
+            "annotations": annotations,
+        },
+        "spec": {"ports": [{"name": "tcp", "port": 80, "protocol": "TCP"}]},
+    })
+}
+
+fn slice(name: &str, service: &str, family: &str, addresses: &[&str]) -> Value {
+    let endpoints: Vec<Value> = addresses
+        .iter()
+        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}}))
+        .collect();
+    json!({
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name, "namespace": NS,
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": family,
+        "ports": [{"name": "tcp", "port": 8080}],
+        "endpoints": endpoints,
+    })
+}
+
+fn config_map(family: &str) -> Value {
+    json!({
+        "kind": "ConfigMap",
+        "metadata": {"name": "dualstack-xds", "namespace": "dualstack-xds"},
+        "data": {"primaryFamily": family},
+    })
+}
+
+/// The server binary, killed when dropped.
+struct Serve {
+    child: Child,
+    xds: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    fn start(api: &FakeApiServer) -> Serve {
+        Self::start_with(api, &[])
+    }
+
+    fn start_with(api: &FakeApiServer, extra: &[&str]) -> Serve {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = api.kubeconfig(dir.path());
+        let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
+            .args(["serve", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--xds-addr", &xds.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--debounce", "10ms", "--log-format", "json"])
+            .args(extra)
+            .env("RUST_LOG", "info,kube=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Serve {
+            child,
+            xds,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("http://{}{}", self.admin, path))
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    async fn wait_ready(&self) {
+        eventually("/readyz 200", WAIT, || async {
+            matches!(self.get("/readyz").await, Some((200, _))).then_some(())
+        })
+        .await;
+    }
+
+    async fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics").await.expect("metrics");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What an ADS client saw: every CDS response's cluster names, and each cluster's
+/// latest endpoint addresses.
+#[derive(Default, Debug)]
+struct Seen {
+    cds: Vec<BTreeSet<String>>,
+    eds: BTreeMap<String, Vec<String>>,
+    responses: usize,
+}
+
+/// An ADS client that subscribes like Envoy (CDS wildcard, then EDS for every cluster)
+/// and ACKs everything, recording what it receives.
+struct Observer {
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Observer {
+    async fn open(xds: SocketAddr) -> Observer {
+        let channel = eventually("xDS port open", WAIT, || async {
+            tonic::transport::Channel::from_shared(format!("http://{xds}"))
+                .unwrap()
+                .connect()
+                .await
+                .ok()
+        })
+        .await;
+        let (tx, rx) = mpsc::channel(16);
+        let request =
+            |ty: ResourceType, names: Vec<String>, version: &str, nonce: &str| DiscoveryRequest {
+                node: Some(Node {
+                    id: "kube-test".into(),
+                    ..Default::default()
+                }),
+                type_url: ty.type_url().into(),
+                resource_names: names,
+                version_info: version.into(),
+                response_nonce: nonce.into(),
+                ..Default::default()
+            };
+        tx.send(request(ResourceType::Cluster, vec![], "", ""))
+            .await
+            .unwrap();
+        let mut responses = AggregatedDiscoveryServiceClient::new(channel)
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            let mut eds_names: Vec<String> = Vec::new();
+            let mut eds_version = String::new();
+            let mut eds_nonce = String::new();
+            while let Ok(Some(response)) = responses.message().await {
+                let ty = ResourceType::from_type_url(&response.type_url).unwrap();
+                let ack = request(
+                    ty,
+                    eds_names.clone(),
+                    &response.version_info,
+                    &response.nonce,
+                );
+                match ty {
+                    ResourceType::Cluster => {
+                        let names: BTreeSet<String> = response
+                            .resources
+                            .iter()
+                            .map(|a| Cluster::decode(&*a.value).unwrap().name)
+                            .collect();
+                        {
+                            let mut seen = record.lock().unwrap();
+                            seen.responses += 1;
+                            seen.cds.push(names.clone());
+                        }
+                        let _ = tx
+                            .send(DiscoveryRequest {
+                                resource_names: vec![],
+                                ..ack
+                            })
+                            .await;
+                        eds_names = names.into_iter().collect();
+                        let _ = tx
+                            .send(request(
+                                ResourceType::Endpoint,
+                                eds_names.clone(),
+                                &eds_version,
+                                &eds_nonce,
+                            ))
+                            .await;
+                    }
+                    ResourceType::Endpoint => {
+                        {
+                            let mut seen = record.lock().unwrap();
+                            seen.responses += 1;
+                            for any in &response.resources {
+                                let cla = ClusterLoadAssignment::decode(&*any.value).unwrap();
+                                seen.eds.insert(cla.cluster_name.clone(), addresses(&cla));
+                            }
+                        }
+                        eds_version = response.version_info.clone();
+                        eds_nonce = response.nonce.clone();
+                        let _ = tx.send(ack).await;
+                    }
+                    _ => {}
+                }
+            }
+        });
+        Observer { seen }
+    }
+
+    fn responses(&self) -> usize {
+        self.seen.lock().unwrap().responses
+    }
+
+    fn clusters(&self) -> Option<BTreeSet<String>> {
+        self.seen.lock().unwrap().cds.last().cloned()
+    }
+
+    fn endpoints(&self, cluster: &str) -> Option<Vec<String>> {
+        self.seen.lock().unwrap().eds.get(cluster).cloned()
+    }
+
+    async fn wait_clusters(&self, what: &str, want: &[&str]) {
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        eventually(what, WAIT, || async {
+            (self.clusters().as_ref() == Some(&want)).then_some(())
+        })
+        .await;
+    }
+
+    async fn wait_endpoints(&self, what: &str, cluster: &str, want: &[&str]) {
+        eventually(what, WAIT, || async {
+            let got = self.endpoints(cluster)?;
+            (got == want).then_some(())
+        })
+        .await;
+    }
+}
+
+fn addresses(cla: &ClusterLoadAssignment) -> Vec<String> {
+    let mut out: Vec<String> = cla
+        .endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter_map(|e| match &e.host_identifier {
+            Some(lb_endpoint::HostIdentifier::Endpoint(ep)) => {
+                match &ep.address.as_ref()?.address {
+                    Some(address::Address::SocketAddress(s)) => Some(s.address.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The example shop: one exposed Service with slices of both families, one Service
+/// that is not exposed (the selector leaves it out), the mode ConfigMap absent.
+fn seed(api: &FakeApiServer) {
+    api.apply(service("web", json!({})));
+    api.apply(slice("web-v4", "web", "IPv4", &["10.1.0.1", "10.1.0.2"]));
+    api.apply(slice("web-v6", "web", "IPv6", &["fd00:1::1"]));
+    let mut hidden = service("internal", json!({}));
+    hidden["metadata"]["labels"] = json!({});
+    api.apply(hidden);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_served_and_readyz_is_503_until_every_watcher_has_listed() {
+    let api = FakeApiServer::start_new().await;
+    seed(&api);
+    api.hold_lists(true);
+    let serve = Serve::start(&api);
+    eventually("/healthz 200", WAIT, || async {
+        matches!(serve.get("/healthz").await, Some((200, _))).then_some(())
+    })
+    .await;
+    let (code, body) = serve.get("/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    let observer = Observer::open(serve.xds).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        observer.responses(),
+        0,
+        "no xDS response before the initial sync"
+    );
+    assert_eq!(serve.get("/readyz").await.unwrap().0, 503);
+
+    api.hold_lists(false);
+    serve.wait_ready().await;
+    observer
+        .wait_clusters("the exposed Service only", &["shop/web:80"])
+        .await;
+    observer
+        .wait_endpoints("IPv4 endpoints", "shop/web:80", &["10.1.0.1", "10.1.0.2"])
+        .await;
+    assert!(api.requests("watch") >= 3, "every kind is watched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adds_modifies_and_deletes_of_each_kind_reach_an_open_stream() {
+    let api = FakeApiServer::start_new().await;
+    seed(&api);
+    let serve = Serve::start(&api);
+    serve.wait_ready().await;
+    let observer = Observer::open(serve.xds).await;
+    observer.wait_clusters("initial", &["shop/web:80"]).await;
+
+    // Service: add, modify (a second port), delete.
+    api.apply(service("api", json!({})));
+    observer
+        .wait_clusters("added Service", &["shop/api:80", "shop/web:80"])
+        .await;
+    let mut two_ports = service("api", json!({}));
+    two_ports["spec"]["ports"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "admin", "port": 9000}));
+    api.apply(two_ports);
+    observer
+        .wait_clusters(
+            "modified Service",
+            &["shop/api:80", "shop/api:9000", "shop/web:80"],
+        )
+        .await;
+    api.delete(Kind::Service, NS, "api");
+    observer
+        .wait_clusters("deleted Service", &["shop/web:80"])
+        .await;
+
+    // EndpointSlice: add, modify, delete.
+    api.apply(slice("web-v4-b", "web", "IPv4", &["10.1.0.3"]));
+    observer
+        .wait_endpoints(
+            "added slice",
+            "shop/web:80",
+            &["10.1.0.1", "10.1.0.2", "10.1.0.3"],
+        )
+        .await;
+    api.apply(slice("web-v4-b", "web", "IPv4", &["10.1.0.4"]));
+    observer
+        .wait_endpoints(
+            "modified slice",
+            "shop/web:80",
+            &["10.1.0.1", "10.1.0.2", "10.1.0.4"],
+        )
+        .await;
+    api.delete(Kind::EndpointSlice, NS, "web-v4-b");
+    observer
+        .wait_endpoints("deleted slice", "shop/web:80", &["10.1.0.1", "10.1.0.2"])
+        .await;
+
+    // ConfigMap: created with IPv6 flips the family, modified back, deleted.
+    api.apply(config_map("IPv6"));
+    observer
+        .wait_endpoints("flipped to IPv6", "shop/web:80", &["fd00:1::1"])
+        .await;
+    api.apply(config_map("IPv4"));
+    observer
+        .wait_endpoints("flipped back", "shop/web:80", &["10.1.0.1", "10.1.0.2"])
+        .await;
+    api.apply(config_map("IPv6"));
+    observer
+        .wait_endpoints("flipped again", "shop/web:80", &["fd00:1::1"])
+        .await;
+    api.delete(Kind::ConfigMap, "dualstack-xds", "dualstack-xds");
+    observer
+        .wait_endpoints(
+            "ConfigMap gone: --primary-family again",
+            "shop/web:80",
+            &["10.1.0.1", "10.1.0.2"],
+        )
+        .await;
+
+    // A Service that leaves the selector is withdrawn.
+    let mut unlabelled = service("web", json!({}));
+    unlabelled["metadata"]["labels"] = json!({});
+    api.apply(unlabelled);
+    observer
+        .wait_clusters("Service left the selector", &[])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_relist_never_withdraws_a_service() {
+    let api = FakeApiServer::start_new().await;
+    seed(&api);
+    for i in 0..20 {
+        api.apply(service(&format!("svc-{i:02}"), json!({})));
+    }
+    let serve = Serve::start(&api);
+    serve.wait_ready().await;
+    let observer = Observer::open(serve.xds).await;
+    eventually("every Service", WAIT, || async {
+        (observer.clusters()?.len() == 21).then_some(())
+    })
+    .await;
+    // Relists take longer than the debounce: a half-applied relist would be published.
+    api.slow_lists(Duration::from_millis(400));
+    let lists = api.requests("list");
+    for round in 0..3 {
+        // History compacted while watches are open: every watcher gets 410 Gone and
+        // relists (kube backs off between attempts). A Service is added meanwhile, so
+        // the relist carries news.
+        api.expire();
+        api.apply(service(&format!("late-{round}"), json!({})));
+        eventually("the relist's news", Duration::from_secs(60), || async {
+            (observer.clusters()?.len() == 22 + round).then_some(())
+        })
+        .await;
+    }
+    assert!(api.requests("list") >= lists + 3, "relisted");
+    let cds = observer.seen.lock().unwrap().cds.clone();
+    for pair in cds.windows(2) {
+        assert!(
+            pair[0].is_subset(&pair[1]),
+            "a CDS response withdrew {:?}",
+            pair[0].difference(&pair[1]).collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        serve.metric("dualstack_xds_watch_errors").await >= 3,
+        "410s are counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_api_server_keeps_serving_and_reconnects() {
+    let mut api = FakeApiServer::start_new().await;
+    seed(&api);
+    let serve = Serve::start(&api);
+    serve.wait_ready().await;
+    let observer = Observer::open(serve.xds).await;
+    observer
+        .wait_endpoints("initial", "shop/web:80", &["10.1.0.1", "10.1.0.2"])
+        .await;
+
+    api.stop().await;
+    eventually("watch errors counted", WAIT, || async {
+        (serve.metric("dualstack_xds_watch_errors").await > 0).then_some(())
+    })
+    .await;
+    assert_eq!(serve.get("/healthz").await.unwrap().0, 200);
+    assert_eq!(
+        serve.get("/readyz").await.unwrap().0,
+        200,
+        "still serving the last state"
+    );
+    assert_eq!(observer.clusters().unwrap().len(), 1, "nothing withdrawn");
+
+    api.start().await;
+    api.apply(slice("web-v4", "web", "IPv4", &["10.1.0.9"]));
+    observer
+        .wait_endpoints("a change after the restart", "shop/web:80", &["10.1.0.9"])
+        .await;
+    assert!(
+        serve.log().contains("Kubernetes watch failed"),
+        "the outage is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_namespaces_given_are_watched() {
+    let api = FakeApiServer::start_new().await;
+    seed(&api);
+    let mut elsewhere = service("web", json!({}));
+    elsewhere["metadata"]["namespace"] = json!("other");
+    api.apply(elsewhere);
+    api.apply(config_map("IPv6"));
+    let serve = Serve::start_with(&api, &["--namespace", NS]);
+    serve.wait_ready().await;
+    let observer = Observer::open(serve.xds).await;
+    observer
+        .wait_clusters("the shop namespace only", &["shop/web:80"])
+        .await;
+    // The ConfigMap is watched in its own namespace whatever --namespace says.
+    observer
+        .wait_endpoints(
+            "IPv6 primary from the ConfigMap",
+            "shop/web:80",
+            &["fd00:1::1"],
+        )
+        .await;
+}
