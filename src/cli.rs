@@ -14,13 +14,16 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
-use crate::admin::Admin;
-use crate::model::Model;
+use crate::admin::{Admin, PipelineMetrics};
+use crate::bootstrap::{self, BootstrapOptions};
 use crate::model::{Family, ListenerFamilies, ServiceKey};
+use crate::model::{Model, Skipped};
 use crate::server::{ClientRegistry, XdsServer};
 use crate::snapshot::json::snapshot_json;
+use crate::snapshot::ResourceType;
 use crate::snapshot::SnapshotCache;
 use crate::sources::debounce::Debounce;
+use crate::sources::debounce::Instant;
 use crate::sources::kube::{self, SourceMetrics};
 use crate::sources::manifest_watch::{self, ManifestDir};
 use crate::sources::manifests::{self, LabelSelector};
@@ -44,6 +47,45 @@ enum Command {
     Serve(Serve),
     /// Print every resource for a node, as Envoy's canonical proto3 JSON.
     Render(Render),
+    /// Print a client bootstrap: Envoy YAML (ADS, SotW or --delta), or gRPC xDS JSON.
+    Bootstrap(Bootstrap),
+    /// Print one row per connected client, from a running server's admin API.
+    Status(Status),
+}
+
+#[derive(Debug, clap::Args)]
+struct Bootstrap {
+    /// The node id.
+    #[arg(long, default_value = "envoy-ingress")]
+    node_id: String,
+    /// The node's cluster (Envoy's --service-cluster).
+    #[arg(long, default_value = "dualstack-ingress")]
+    cluster: String,
+    /// The families this node binds listeners on.
+    #[arg(long, default_value = "IPv4,IPv6")]
+    families: ListenerFamilies,
+    /// The xDS server, HOST:PORT (IPv6 hosts in brackets).
+    #[arg(
+        long,
+        default_value = "dualstack-xds.dualstack-xds.svc.cluster.local:18000"
+    )]
+    xds_address: String,
+    /// Delta (incremental) xDS instead of state of the world.
+    #[arg(long, conflicts_with = "grpc")]
+    delta: bool,
+    /// Envoy's admin address.
+    #[arg(long, default_value = "127.0.0.1:9901", conflicts_with = "grpc")]
+    admin_address: String,
+    /// A gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) for proxyless clients instead.
+    #[arg(long)]
+    grpc: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct Status {
+    /// The server's admin address.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    admin_addr: SocketAddr,
 }
 
 /// What to read from the objects, shared by `serve` and `render`.
@@ -137,6 +179,8 @@ impl Cli {
         match self.command {
             Command::Serve(serve) => serve.run().await,
             Command::Render(render) => render.run(),
+            Command::Bootstrap(bootstrap) => bootstrap.run(),
+            Command::Status(status) => status.run().await,
         }
     }
 }
@@ -157,13 +201,19 @@ impl Serve {
         let cache = SnapshotCache::new();
         let clients = ClientRegistry::new();
         let source_metrics = SourceMetrics::default();
+        let pipeline = PipelineMetrics::default();
         let mut registry = Registry::with_prefix("dualstack_xds");
         clients.metrics.register(&mut registry);
         source_metrics.register(&mut registry);
+        pipeline.register(&mut registry);
         let ready = Arc::new(AtomicBool::new(false));
+        let skipped = Arc::new(std::sync::Mutex::new(Vec::new()));
         let admin = Admin {
             ready: ready.clone(),
             registry: Arc::new(registry),
+            cache: cache.clone(),
+            clients: clients.clone(),
+            skipped: skipped.clone(),
         };
         let admin_listener = TcpListener::bind(admin_addr)
             .await
@@ -181,20 +231,25 @@ impl Serve {
         let mut publisher = Publisher {
             translator: Translator::new(selection.primary_family),
             cache: cache.clone(),
+            metrics: pipeline,
+            skipped,
         };
         match manifests {
             Some(dir) => {
                 let source = ManifestDir::load(&dir, selection.filter())
                     .with_context(|| format!("reading {}", dir.display()))?;
                 let mut store = ModelStore::default();
-                let mut on_change = move |source: &ManifestDir| {
+                let mut on_change = move |source: &ManifestDir, since: Option<Instant>| {
                     let changed = store.sync(source.objects());
-                    publisher.publish(store.model(), changed);
+                    publisher.publish(store.model(), changed, since);
                 };
-                on_change(&source);
+                on_change(&source, None);
                 ready.store(true, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    if let Err(error) = manifest_watch::watch(source, debounce, on_change).await {
+                    let watched = manifest_watch::watch(source, debounce, |source, since| {
+                        on_change(source, Some(since))
+                    });
+                    if let Err(error) = watched.await {
                         tracing::error!(%error, "watching the manifest directory failed; serving the last configuration");
                     }
                 });
@@ -212,7 +267,7 @@ impl Serve {
                     debounce,
                     source_metrics,
                     ready,
-                    move |model, changed| publisher.publish(model, changed),
+                    move |model, changed, since| publisher.publish(model, changed, Some(since)),
                 ));
             }
         }
@@ -248,24 +303,45 @@ async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<::kube::Client
 struct Publisher {
     translator: Translator,
     cache: SnapshotCache,
+    metrics: PipelineMetrics,
+    skipped: Arc<std::sync::Mutex<Vec<Skipped>>>,
 }
 
 impl Publisher {
-    fn publish(&mut self, model: &Model, changed: Changed) {
+    /// `since`: when the change was first seen.
+    fn publish(&mut self, model: &Model, changed: Changed, since: Option<Instant>) {
         if changed.is_nothing() && self.cache.current().is_some() {
             return;
         }
+        let started = std::time::Instant::now();
         let result = self.translator.update(model, changed.services().as_ref());
-        for skipped in model.skipped().chain(self.translator.conflicts().iter()) {
-            tracing::warn!(kind = %skipped.kind, namespace = %skipped.namespace, name = %skipped.name, reason = %skipped.reason, "skipping an invalid object");
+        let translation = started.elapsed();
+        let skipped: Vec<Skipped> = model
+            .skipped()
+            .chain(self.translator.conflicts().iter())
+            .cloned()
+            .collect();
+        for s in &skipped {
+            tracing::warn!(kind = %s.kind, namespace = %s.namespace, name = %s.name, reason = %s.reason, "skipping an invalid object");
         }
         match result {
             Ok(set) => {
                 self.cache.publish(set);
-                info!(services = model.services.len(), "configuration published");
+                self.metrics.published(
+                    model,
+                    skipped.len(),
+                    translation,
+                    since.map(|s| s.elapsed()),
+                );
+                info!(
+                    services = model.services.len(),
+                    translation_ms = translation.as_secs_f64() * 1e3,
+                    "configuration published"
+                );
             }
             Err(error) => tracing::error!(%error, "not publishing an inconsistent snapshot"),
         }
+        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()) = skipped;
     }
 }
 
@@ -297,6 +373,146 @@ impl Render {
         println!("{}", serde_json::to_string_pretty(&json)?);
         Ok(())
     }
+}
+
+impl Bootstrap {
+    fn run(self) -> anyhow::Result<()> {
+        let Bootstrap {
+            node_id,
+            cluster,
+            families,
+            xds_address,
+            delta,
+            admin_address,
+            grpc,
+        } = self;
+        let options = BootstrapOptions {
+            node_id,
+            cluster,
+            families,
+            xds_address,
+            delta,
+            admin_address,
+        };
+        let text = if grpc {
+            serde_json::to_string_pretty(&bootstrap::grpc(&options).map_err(anyhow::Error::msg)?)?
+        } else {
+            bootstrap::envoy_yaml(&options).map_err(anyhow::Error::msg)?
+        };
+        println!("{}", text.trim_end());
+        Ok(())
+    }
+}
+
+impl Status {
+    async fn run(self) -> anyhow::Result<()> {
+        let Status { admin_addr } = self;
+        let clients: Vec<serde_json::Value> = admin_get_json(admin_addr, "/debug/clients").await?;
+        print!("{}", status_table(&clients));
+        Ok(())
+    }
+}
+
+/// GET a JSON document from the admin API (plain HTTP/1.1 on loopback, no client crate).
+async fn admin_get_json<T: serde::de::DeserializeOwned>(
+    addr: SocketAddr,
+    path: &str,
+) -> anyhow::Result<T> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to the admin API at {addr}"))?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("a malformed HTTP response from the admin API")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!("{addr}{path}: {}", head.lines().next().unwrap_or_default());
+    }
+    serde_json::from_str(body).with_context(|| format!("decoding {path}"))
+}
+
+/// One row per stream, from `/debug/clients`: node, its cluster and families, the
+/// stream kind, per type the acked version, what is pending, the last NACK.
+pub fn status_table(clients: &[serde_json::Value]) -> String {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "CLUSTER".into(),
+        "FAMILIES".into(),
+        "STREAM".into(),
+        "ACKED (cds eds lds rds)".into(),
+        "PENDING".into(),
+        "LAST NACK".into(),
+    ]];
+    for c in clients {
+        let types = c["types"].as_array().cloned().unwrap_or_default();
+        let of = |ty: ResourceType| types.iter().find(|t| t["type_url"] == ty.type_url());
+        let acked: Vec<String> = ResourceType::ALL
+            .into_iter()
+            .map(|ty| {
+                of(ty)
+                    .and_then(|t| t["acked_version"].as_str())
+                    .map_or("-".to_string(), |v| v[..v.len().min(8)].to_string())
+            })
+            .collect();
+        let pending: Vec<&str> = ResourceType::ALL
+            .into_iter()
+            .filter(|ty| of(*ty).is_some_and(|t| !t["pending_nonce"].is_null()))
+            .map(ResourceType::short_name)
+            .collect();
+        let nack = ResourceType::ALL
+            .into_iter()
+            .filter_map(|ty| {
+                let message = of(ty)?["last_nack"]["message"].as_str()?;
+                Some(format!(
+                    "{}: {}",
+                    ty.short_name(),
+                    message.lines().next().unwrap_or_default()
+                ))
+            })
+            .next_back()
+            .unwrap_or_else(|| "-".into());
+        let kind = format!(
+            "{}{}",
+            text(&c["kind"]),
+            if c["aggregated"] == true { " ads" } else { "" }
+        );
+        rows.push([
+            text(&c["node_id"]),
+            text(&c["cluster"]),
+            text(&c["group"]),
+            kind,
+            acked.join(" "),
+            if pending.is_empty() {
+                "-".into()
+            } else {
+                pending.join(",")
+            },
+            nack,
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 /// SIGINT or SIGTERM (what Kubernetes sends a pod).

@@ -2,6 +2,11 @@
 
 mod common;
 
+use envoy_types::pb::envoy::admin::v3::ClientResourceStatus;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::status::v3::client_status_discovery_service_client::ClientStatusDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -132,6 +137,26 @@ async fn rejected_snapshot_is_reported_and_not_resent(bootstrap: &str) {
         nack.message
     );
     assert_eq!(server.registry.metrics.nacks(ResourceType::Listener), 1);
+    // CSDS, as standard tooling asks: the listeners are NACKED with Envoy's text, the
+    // clusters ACKED.
+    let statuses = csds(&server, "nacker").await;
+    assert!(
+        statuses
+            .iter()
+            .any(|(ty, name, status, details)| ty.ends_with("Listener")
+                && name == "echo-tcp-clash"
+                && *status == ClientResourceStatus::Nacked as i32
+                && details.contains(&nack.message)),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .any(|(ty, name, status, _)| ty.ends_with("Cluster")
+                && name == "echo"
+                && *status == ClientResourceStatus::Acked as i32),
+        "{statuses:?}"
+    );
     // The old listener keeps serving.
     let ingress: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert_eq!(
@@ -183,6 +208,50 @@ async fn rejected_snapshot_is_reported_and_not_resent(bootstrap: &str) {
         .unwrap();
     assert!(lds.acked_version.is_some());
     assert!(lds.pending_nonce.is_none());
+    let statuses = csds(&server, "nacker").await;
+    assert!(
+        statuses
+            .iter()
+            .filter(|(ty, ..)| ty.ends_with("Listener"))
+            .all(|(_, _, status, _)| *status == ClientResourceStatus::Acked as i32),
+        "after the fix every listener is ACKED: {statuses:?}"
+    );
+}
+
+/// (type URL, name, client status, NACK details) of every resource CSDS reports for a node.
+async fn csds(server: &TestServer, node: &str) -> Vec<(String, String, i32, String)> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let response = ClientStatusDiscoveryServiceClient::new(channel)
+        .fetch_client_status(ClientStatusRequest {
+            node: Some(Node {
+                id: node.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.config.len(), 1, "one client named {node}");
+    response.config[0]
+        .generic_xds_configs
+        .iter()
+        .map(|c| {
+            (
+                c.type_url.clone(),
+                c.name.clone(),
+                c.client_status,
+                c.error_state
+                    .as_ref()
+                    .map(|e| e.details.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,78 +62,13 @@ fn config_map(family: &str) -> Value {
     })
 }
 
-/// The server binary, killed when dropped.
-struct Serve {
-    child: Child,
-    xds: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Serve {
-    fn start(api: &FakeApiServer) -> Serve {
-        Self::start_with(api, &[])
-    }
-
-    fn start_with(api: &FakeApiServer, extra: &[&str]) -> Serve {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = api.kubeconfig(dir.path());
-        let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
-            .args(["serve", "--kubeconfig"])
-            .arg(&kubeconfig)
-            .args(["--xds-addr", &xds.to_string()])
-            .args(["--admin-addr", &admin.to_string()])
-            .args(["--debounce", "10ms", "--log-format", "json"])
-            .args(extra)
-            .env("RUST_LOG", "info,kube=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Serve {
-            child,
-            xds,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("serve.log")).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::get(format!("http://{}{}", self.admin, path))
-            .await
-            .ok()?;
-        let status = response.status().as_u16();
-        Some((status, response.text().await.ok()?))
-    }
-
-    async fn wait_ready(&self) {
-        eventually("/readyz 200", WAIT, || async {
-            matches!(self.get("/readyz").await, Some((200, _))).then_some(())
-        })
-        .await;
-    }
-
-    async fn metric(&self, name: &str) -> u64 {
-        let (_, text) = self.get("/metrics").await.expect("metrics");
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server binary watching the fake API server.
+fn serve_kube(api: &FakeApiServer, extra: &[&str]) -> ServeProcess {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    let mut args = vec!["--kubeconfig".to_string(), kubeconfig.display().to_string()];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    ServeProcess::start(dir, &args)
 }
 
 /// What an ADS client saw: every CDS response's cluster names, and each cluster's
@@ -309,7 +243,7 @@ async fn nothing_is_served_and_readyz_is_503_until_every_watcher_has_listed() {
     let api = FakeApiServer::start_new().await;
     seed(&api);
     api.hold_lists(true);
-    let serve = Serve::start(&api);
+    let serve = serve_kube(&api, &[]);
     eventually("/healthz 200", WAIT, || async {
         matches!(serve.get("/healthz").await, Some((200, _))).then_some(())
     })
@@ -340,7 +274,7 @@ async fn nothing_is_served_and_readyz_is_503_until_every_watcher_has_listed() {
 async fn adds_modifies_and_deletes_of_each_kind_reach_an_open_stream() {
     let api = FakeApiServer::start_new().await;
     seed(&api);
-    let serve = Serve::start(&api);
+    let serve = serve_kube(&api, &[]);
     serve.wait_ready().await;
     let observer = Observer::open(serve.xds).await;
     observer.wait_clusters("initial", &["shop/web:80"]).await;
@@ -427,7 +361,7 @@ async fn a_forced_relist_never_withdraws_a_service() {
     for i in 0..20 {
         api.apply(service(&format!("svc-{i:02}"), json!({})));
     }
-    let serve = Serve::start(&api);
+    let serve = serve_kube(&api, &[]);
     serve.wait_ready().await;
     let observer = Observer::open(serve.xds).await;
     eventually("every Service", WAIT, || async {
@@ -467,7 +401,7 @@ async fn a_forced_relist_never_withdraws_a_service() {
 async fn losing_the_api_server_keeps_serving_and_reconnects() {
     let mut api = FakeApiServer::start_new().await;
     seed(&api);
-    let serve = Serve::start(&api);
+    let serve = serve_kube(&api, &[]);
     serve.wait_ready().await;
     let observer = Observer::open(serve.xds).await;
     observer
@@ -506,7 +440,7 @@ async fn only_the_namespaces_given_are_watched() {
     elsewhere["metadata"]["namespace"] = json!("other");
     api.apply(elsewhere);
     api.apply(config_map("IPv6"));
-    let serve = Serve::start_with(&api, &["--namespace", NS]);
+    let serve = serve_kube(&api, &["--namespace", NS]);
     serve.wait_ready().await;
     let observer = Observer::open(serve.xds).await;
     observer

@@ -54,7 +54,7 @@ async fn start(files: &[(&str, String)]) -> Live {
     let mut translator = Translator::new(Family::IPv4);
     let mut publish = {
         let (cache, publications) = (cache.clone(), publications.clone());
-        move |source: &ManifestDir| {
+        move |source: &ManifestDir, _since| {
             let set = translator
                 .update(&source.objects().to_model(), None)
                 .unwrap();
@@ -62,7 +62,7 @@ async fn start(files: &[(&str, String)]) -> Live {
             publications.fetch_add(1, Ordering::SeqCst);
         }
     };
-    publish(&source);
+    publish(&source, dualstack_xds::sources::debounce::Instant::now());
     let debounce = Debounce {
         quiet: Duration::from_millis(50),
         max_delay: Duration::from_millis(400),

@@ -72,7 +72,8 @@ impl XdsServer {
         &self.inner.registry
     }
 
-    /// Serves ADS and the CDS, EDS, LDS and RDS services on `listener` until `shutdown`.
+    /// Serves ADS, the CDS, EDS, LDS and RDS services and CSDS on `listener` until
+    /// `shutdown`.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -83,7 +84,8 @@ impl XdsServer {
             .add_service(CdsService(self.clone()))
             .add_service(EdsService(self.clone()))
             .add_service(LdsService(self.clone()))
-            .add_service(RdsService(self))
+            .add_service(RdsService(self.clone()))
+            .add_service(super::csds::Csds::service(self.inner.registry.clone()))
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
             .await
     }

@@ -6,6 +6,7 @@
 //! [`SnapshotCache`](crate::snapshot::SnapshotCache).
 
 pub mod clients;
+pub mod csds;
 pub mod grpc;
 pub mod protocol;
 mod wire;

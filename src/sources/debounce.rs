@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+pub use tokio::time::Instant;
 
 /// How changes are grouped: a burst ends after `quiet` without events, or `max_delay`
 /// after its first event.
@@ -16,25 +16,25 @@ pub struct Debounce {
 }
 
 /// Waits for the next burst of events, handing each to `each` as it arrives (nothing
-/// queues here). Returns `false` when the sender is gone and nothing arrived.
+/// queues here). Returns when the burst's first event arrived, or `None` when the sender
+/// is gone and nothing arrived.
 pub async fn burst<T>(
     rx: &mut mpsc::Receiver<T>,
     debounce: Debounce,
     mut each: impl FnMut(T),
-) -> bool {
-    let Some(first) = rx.recv().await else {
-        return false;
-    };
+) -> Option<Instant> {
+    let first = rx.recv().await?;
+    let start = Instant::now();
     each(first);
-    let deadline = Instant::now() + debounce.max_delay;
+    let deadline = start + debounce.max_delay;
     loop {
         let quiet_end = (Instant::now() + debounce.quiet).min(deadline);
         match tokio::time::timeout_at(quiet_end, rx.recv()).await {
             Ok(Some(more)) => each(more),
-            Ok(None) | Err(_) => return true,
+            Ok(None) | Err(_) => return Some(start),
         }
         if Instant::now() >= deadline {
-            return true;
+            return Some(start);
         }
     }
 }
@@ -62,7 +62,7 @@ mod tests {
 
     async fn next_burst(rx: &mut mpsc::Receiver<usize>, debounce: Debounce) -> Option<Vec<usize>> {
         let mut all = Vec::new();
-        burst(rx, debounce, |i| all.push(i)).await.then_some(all)
+        burst(rx, debounce, |i| all.push(i)).await.map(|_| all)
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
-use super::debounce::{burst, Debounce};
+use super::debounce::{burst, Debounce, Instant};
 use super::objects::{key_of, Changed, ModelStore, ANNOTATION_PREFIX, SERVICE_NAME_LABEL};
 use crate::model::{Model, ServiceKey};
 
@@ -266,6 +266,10 @@ impl SourceMetrics {
             "Errors from Kubernetes watches (each is retried with backoff), by kind",
             self.watch_errors.clone(),
         );
+        // Zero from the start, so dashboards and alerts see the series.
+        for kind in ["Service", "EndpointSlice", "ConfigMap"] {
+            self.watch_errors.get_or_create(&KindLabel { kind }).get();
+        }
     }
 
     fn watch_error(&self, kind: &'static str) {
@@ -371,14 +375,14 @@ fn watchers(client: Client, scope: &Scope, metrics: &SourceMetrics) -> (Vec<Tagg
 
 /// Watches until the process ends. Nothing is published until every watcher has
 /// completed its first list; `ready` is set then. After that, each debounced burst of
-/// events is published with what it changed.
+/// events is published with what it changed and when its first event arrived.
 pub async fn run(
     client: Client,
     scope: Scope,
     debounce: Debounce,
     metrics: SourceMetrics,
     ready: Arc<AtomicBool>,
-    mut publish: impl FnMut(&Model, Changed),
+    mut publish: impl FnMut(&Model, Changed, Instant),
 ) {
     let (streams, count) = watchers(client, &scope, &metrics);
     let mut state = KubeState::new(count);
@@ -395,13 +399,13 @@ pub async fn run(
     let mut pending = Changed::Nothing;
     let mut published = false;
     loop {
-        let alive = burst(&mut rx, debounce, |(id, event)| {
+        let Some(start) = burst(&mut rx, debounce, |(id, event)| {
             pending.merge(state.apply(id, event));
         })
-        .await;
-        if !alive {
+        .await
+        else {
             return;
-        }
+        };
         if !state.is_synced() {
             continue;
         }
@@ -410,11 +414,11 @@ pub async fn run(
                 services = state.model().services.len(),
                 "initial sync with the Kubernetes API complete"
             );
-            publish(state.model(), Changed::All);
+            publish(state.model(), Changed::All, start);
             published = true;
             ready.store(true, Ordering::SeqCst);
         } else if !pending.is_nothing() {
-            publish(state.model(), std::mem::take(&mut pending));
+            publish(state.model(), std::mem::take(&mut pending), start);
         }
         pending = Changed::Nothing;
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::debounce::{burst, Debounce};
+use super::debounce::{burst, Debounce, Instant};
 use super::manifests::{
     is_manifest, manifest_files, parse_file, select, FileError, FileObjects, Filter,
 };
@@ -95,11 +95,11 @@ impl ManifestDir {
 }
 
 /// Watches the directory until the process ends, calling `on_change` after each debounced
-/// burst of file events.
+/// burst of file events, with the time the burst began.
 pub async fn watch(
     mut source: ManifestDir,
     debounce: Debounce,
-    mut on_change: impl FnMut(&ManifestDir),
+    mut on_change: impl FnMut(&ManifestDir, Instant),
 ) -> notify::Result<()> {
     let (tx, mut rx) = mpsc::channel::<Vec<PathBuf>>(1024);
     let root = source.dir.clone();
@@ -115,13 +115,13 @@ pub async fn watch(
     watcher.watch(&source.dir, RecursiveMode::Recursive)?;
     loop {
         let mut paths = BTreeSet::new();
-        if !burst(&mut rx, debounce, |more| paths.extend(more)).await {
+        let Some(start) = burst(&mut rx, debounce, |more| paths.extend(more)).await else {
             return Ok(());
-        }
+        };
         if let Err(error) = source.refresh(&paths) {
             tracing::warn!(%error, "rescanning the manifest directory");
             continue;
         }
-        on_change(&source);
+        on_change(&source, start);
     }
 }

@@ -465,3 +465,73 @@ pub fn publish_manifests(dir: &Path, translator: &mut Translator, cache: &Snapsh
     assert!(model.skipped.is_empty(), "{:?}", model.skipped);
     cache.publish(translator.update(&model, None).unwrap());
 }
+
+/// The `dualstack-xds serve` binary on free loopback ports, killed when dropped.
+pub struct ServeProcess {
+    child: Child,
+    pub xds: SocketAddr,
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl ServeProcess {
+    /// Starts `serve` with the source arguments `args`, logging into `dir`.
+    pub fn start(dir: tempfile::TempDir, args: &[String]) -> ServeProcess {
+        let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
+            .arg("serve")
+            .args(args)
+            .args(["--xds-addr", &xds.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(["--debounce", "10ms", "--log-format", "json"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        ServeProcess {
+            child,
+            xds,
+            admin,
+            dir,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// GET on the admin API: (status, body).
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("http://{}{}", self.admin, path))
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    pub async fn wait_ready(&self) {
+        eventually("/readyz 200", Duration::from_secs(20), || async {
+            matches!(self.get("/readyz").await, Some((200, _))).then_some(())
+        })
+        .await;
+    }
+
+    /// The sum of a metric's samples (every label set).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics").await.expect("metrics");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

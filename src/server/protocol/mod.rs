@@ -154,6 +154,36 @@ pub struct TypeStatus {
     pub pending_nonce: Option<String>,
     pub last_nack: Option<NackRecord>,
     pub nacks: u64,
+    /// What was last sent (structure shared with the snapshot; for CSDS).
+    #[serde(skip)]
+    pub sent: Option<TypeSnapshot>,
+    #[serde(skip)]
+    pub subscription: Subscription,
+}
+
+impl TypeStatus {
+    /// The resources the client was last sent, for what it subscribes to.
+    pub fn sent_resources(&self) -> Vec<&Resource> {
+        let Some(sent) = &self.sent else {
+            return Vec::new();
+        };
+        if self.subscription.wildcard {
+            sent.iter().collect()
+        } else {
+            self.subscription
+                .names
+                .iter()
+                .filter_map(|n| sent.get(n))
+                .collect()
+        }
+    }
+
+    /// The last response was rejected (and nothing newer has been acked).
+    pub fn rejected(&self) -> Option<&NackRecord> {
+        self.last_nack
+            .as_ref()
+            .filter(|n| Some(&n.version) == self.sent_version.as_ref())
+    }
 }
 
 /// A response sent and not yet answered.
@@ -269,6 +299,8 @@ impl TypeState {
             pending_nonce: self.pending.as_ref().map(|p| p.nonce.clone()),
             last_nack: self.last_nack.clone(),
             nacks: self.nacks,
+            sent: self.sent.clone(),
+            subscription: self.subscription.clone(),
         }
     }
 }

@@ -1,0 +1,16 @@
+# Multi-stage build: compile in the Rust image, run from distroless as non-root.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY proto ./proto
+COPY benches ./benches
+COPY tests ./tests
+RUN cargo build --release --locked --bin dualstack-xds
+
+FROM gcr.io/distroless/cc-debian12:nonroot
+COPY --from=build /src/target/release/dualstack-xds /usr/local/bin/dualstack-xds
+USER 65532:65532
+EXPOSE 18000 9100
+ENTRYPOINT ["/usr/local/bin/dualstack-xds"]
+CMD ["serve"]

@@ -1,0 +1,310 @@
+//! deploy/ (kustomize) and the Dockerfile: every manifest parses as its k8s-openapi type
+//! with no field lost (a misspelt field fails), RBAC is read-only and minimal, the
+//! control plane is hardened and highly available, and the ingress fleets meet AKS's
+//! dual-stack constraints.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::repo_path;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Every document of deploy/*.yaml (kustomization.yaml aside), by kind/name.
+fn documents() -> BTreeMap<String, Value> {
+    let mut docs = BTreeMap::new();
+    for entry in std::fs::read_dir(repo_path("deploy")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml")
+            || path.file_name().unwrap() == "kustomization.yaml"
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = Value::deserialize(doc).unwrap();
+            let key = format!(
+                "{}/{}",
+                value["kind"].as_str().unwrap(),
+                value["metadata"]["name"].as_str().unwrap()
+            );
+            assert!(docs.insert(key.clone(), value).is_none(), "{key} twice");
+        }
+    }
+    docs
+}
+
+/// Parses as `T` and checks nothing was dropped: serializing it back gives the input.
+fn typed<T: DeserializeOwned + serde::Serialize>(value: &Value) -> T {
+    let object: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| {
+        panic!("{}: {e}", value["metadata"]["name"]);
+    });
+    assert_eq!(
+        &serde_json::to_value(&object).unwrap(),
+        value,
+        "a field of {} {} is not part of the API (misspelt?)",
+        value["kind"],
+        value["metadata"]["name"]
+    );
+    object
+}
+
+fn get<T: DeserializeOwned + serde::Serialize>(docs: &BTreeMap<String, Value>, key: &str) -> T {
+    typed(
+        docs.get(key)
+            .unwrap_or_else(|| panic!("deploy/ has no {key}")),
+    )
+}
+
+#[test]
+fn every_manifest_parses_and_kustomize_lists_them() {
+    let docs = documents();
+    for (key, value) in &docs {
+        match value["kind"].as_str().unwrap() {
+            "Namespace" => drop(typed::<Namespace>(value)),
+            "ServiceAccount" => drop(typed::<ServiceAccount>(value)),
+            "ClusterRole" => drop(typed::<ClusterRole>(value)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(value)),
+            "Deployment" => drop(typed::<Deployment>(value)),
+            "Service" => drop(typed::<Service>(value)),
+            "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(value)),
+            "ConfigMap" => drop(typed::<ConfigMap>(value)),
+            other => panic!("{key}: unexpected kind {other}"),
+        }
+    }
+    let kustomization: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo_path("deploy/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let listed: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    for entry in std::fs::read_dir(repo_path("deploy")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".yaml") && name != "kustomization.yaml" {
+            assert!(
+                listed.contains(&name.as_str()),
+                "{name} is not in kustomization.yaml"
+            );
+        }
+    }
+    for generator in kustomization["configMapGenerator"].as_array().unwrap() {
+        for file in generator["files"].as_array().unwrap() {
+            let path = file.as_str().unwrap().split_once('=').unwrap().1;
+            assert!(repo_path("deploy").join(path).exists(), "{path}");
+        }
+    }
+}
+
+#[test]
+fn rbac_is_read_only_on_what_the_sources_watch() {
+    let docs = documents();
+    let role: ClusterRole = get(&docs, "ClusterRole/dualstack-xds");
+    let mut granted: Vec<(String, String, Vec<String>)> = Vec::new();
+    for rule in role.rules.unwrap() {
+        for group in rule.api_groups.clone().unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                let mut verbs = rule.verbs.clone();
+                verbs.sort();
+                granted.push((group.clone(), resource, verbs));
+            }
+        }
+        assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+    }
+    granted.sort();
+    let read = vec!["get".to_string(), "list".into(), "watch".into()];
+    assert_eq!(
+        granted,
+        vec![
+            ("".into(), "configmaps".into(), read.clone()),
+            ("".into(), "services".into(), read.clone()),
+            ("discovery.k8s.io".into(), "endpointslices".into(), read),
+        ]
+    );
+    let binding: ClusterRoleBinding = get(&docs, "ClusterRoleBinding/dualstack-xds");
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
+    assert_eq!(binding.role_ref.name, "dualstack-xds");
+    let subject = &binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.kind.as_str(), subject.name.as_str()),
+        ("ServiceAccount", "dualstack-xds")
+    );
+    let _: ServiceAccount = get(&docs, "ServiceAccount/dualstack-xds");
+    let deployment: Deployment = get(&docs, "Deployment/dualstack-xds");
+    let spec = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(spec.service_account_name.as_deref(), Some("dualstack-xds"));
+}
+
+fn hardened(spec: &PodSpec, what: &str) {
+    let pod = spec.security_context.clone().unwrap_or_default();
+    for c in &spec.containers {
+        let sc = c.security_context.clone().unwrap_or_default();
+        assert!(
+            pod.run_as_non_root == Some(true) || sc.run_as_non_root == Some(true),
+            "{what}: non-root"
+        );
+        assert_eq!(
+            sc.read_only_root_filesystem,
+            Some(true),
+            "{what}: read-only root"
+        );
+        assert_eq!(
+            sc.allow_privilege_escalation,
+            Some(false),
+            "{what}: no escalation"
+        );
+        assert_eq!(
+            sc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()]),
+            "{what}: capabilities dropped"
+        );
+        let resources = c.resources.clone().unwrap_or_default();
+        assert!(
+            resources.requests.is_some() && resources.limits.is_some(),
+            "{what}: requests and limits"
+        );
+        assert!(c.readiness_probe.is_some(), "{what}: readiness probe");
+    }
+    let zones = spec.topology_spread_constraints.clone().unwrap_or_default();
+    assert!(
+        zones
+            .iter()
+            .any(|t| t.topology_key == "topology.kubernetes.io/zone"),
+        "{what}: spread across zones"
+    );
+}
+
+fn pdb_covers(docs: &BTreeMap<String, Value>, name: &str, labels: &BTreeMap<String, String>) {
+    let pdb: PodDisruptionBudget = get(docs, &format!("PodDisruptionBudget/{name}"));
+    let selector = pdb.spec.unwrap().selector.unwrap().match_labels.unwrap();
+    assert!(
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{name}: PDB selects the pods"
+    );
+}
+
+#[test]
+fn the_control_plane_is_highly_available_and_hardened() {
+    let docs = documents();
+    let deployment: Deployment = get(&docs, "Deployment/dualstack-xds");
+    let spec = deployment.spec.unwrap();
+    assert!(spec.replicas.unwrap_or(1) >= 2);
+    let labels = spec.template.metadata.unwrap().labels.unwrap();
+    let pod = spec.template.spec.unwrap();
+    hardened(&pod, "control plane");
+    let c = &pod.containers[0];
+    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    let args = c.args.clone().unwrap();
+    assert_eq!(args[0], "serve");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--manifests")),
+        "in-cluster: watches the API"
+    );
+    pdb_covers(&docs, "dualstack-xds", &labels);
+    let service: Service = get(&docs, "Service/dualstack-xds");
+    let service = service.spec.unwrap();
+    assert_eq!(service.selector.unwrap(), labels);
+    assert!(service.ports.unwrap().iter().any(|p| p.port == 18000));
+    // The mode ConfigMap the control plane is pointed at.
+    let mode: ConfigMap = get(&docs, "ConfigMap/dualstack-xds");
+    assert!(args.contains(&"--config-map=dualstack-xds/dualstack-xds".to_string()));
+    assert!(mode.data.unwrap().contains_key("primaryFamily"));
+}
+
+#[test]
+fn ingress_fleets_meet_the_aks_dual_stack_constraints() {
+    let docs = documents();
+    for (name, family) in [
+        ("envoy-ingress-ipv4", "IPv4"),
+        ("envoy-ingress-ipv6", "IPv6"),
+    ] {
+        let service: Service = get(&docs, &format!("Service/{name}"));
+        let spec = service.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"), "{name}");
+        assert_eq!(
+            spec.ip_families,
+            Some(vec![family.to_string()]),
+            "{name}: one family"
+        );
+        assert_eq!(
+            spec.ip_family_policy.as_deref(),
+            Some("SingleStack"),
+            "{name}"
+        );
+        assert_eq!(
+            spec.external_traffic_policy.as_deref(),
+            Some("Local"),
+            "{name}"
+        );
+        let deployment: Deployment = get(&docs, &format!("Deployment/{name}"));
+        let dspec = deployment.spec.unwrap();
+        let labels = dspec.template.metadata.unwrap().labels.unwrap();
+        assert_eq!(
+            spec.selector.clone().unwrap(),
+            labels,
+            "{name}: selects its fleet"
+        );
+        let pod = dspec.template.spec.unwrap();
+        hardened(&pod, name);
+        pdb_covers(&docs, name, &labels);
+        // Every Service port lands on a named container port.
+        let container_ports: Vec<String> = pod.containers[0]
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        for port in spec.ports.unwrap() {
+            let target = match port.target_port.unwrap() {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
+                other => panic!("{name}: targetPort {other:?} should name a container port"),
+            };
+            assert!(container_ports.contains(&target), "{name}: {target}");
+        }
+        // Its bootstrap binds this family only and is what `bootstrap` prints.
+        let bootstrap_file = format!("ingress/ingress-{}.yaml", family.to_lowercase());
+        let bootstrap = std::fs::read_to_string(repo_path("deploy").join(&bootstrap_file)).unwrap();
+        assert_eq!(
+            bootstrap,
+            std::fs::read_to_string(
+                repo_path("envoy").join(Path::new(&bootstrap_file).file_name().unwrap())
+            )
+            .unwrap(),
+            "deploy/{bootstrap_file} and envoy/ differ"
+        );
+        let parsed: Value = serde_yaml_ng::from_str(&bootstrap).unwrap();
+        assert_eq!(
+            parsed["node"]["metadata"]["dualstack-xds.io/listener-families"],
+            family
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
+    let text = std::fs::read_to_string(repo_path("Dockerfile")).unwrap();
+    let stages = text.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert!(stages >= 2, "multi-stage");
+    let final_stage = text.rsplit("\nFROM ").next().unwrap();
+    assert!(final_stage
+        .lines()
+        .any(|l| l.starts_with("USER ") && !l.contains("root")));
+    assert!(final_stage.contains("COPY --from=build"));
+}
