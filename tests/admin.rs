@@ -189,7 +189,11 @@ async fn admin_endpoints_status_and_metrics_describe_a_live_envoy() {
         let lds = clients[0]["types"]
             .as_array()?
             .iter()
-            .find(|t| t["type_url"].as_str().is_some_and(|u| u.ends_with("Listener")))?
+            .find(|t| {
+                t["type_url"]
+                    .as_str()
+                    .is_some_and(|u| u.ends_with("Listener"))
+            })?
             .clone();
         (!lds["acked_version"].is_null()).then_some(clients)
     })
@@ -270,7 +274,10 @@ async fn admin_endpoints_status_and_metrics_describe_a_live_envoy() {
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
     }
-    assert!(serve.metric("dualstack_xds_responses_total").await >= 3, "cds, eds, lds");
+    assert!(
+        serve.metric("dualstack_xds_responses_total").await >= 3,
+        "cds, eds, lds"
+    );
     assert!(
         serve
             .metric("dualstack_xds_translation_seconds_count")
