@@ -19,6 +19,7 @@ use crate::model::{
 };
 
 mod endpoints;
+pub mod grpc;
 use crate::snapshot::{InconsistentSnapshot, Resource, ResourceType, Snapshot, SnapshotSet};
 use endpoints::EndpointCache;
 
@@ -27,8 +28,15 @@ pub use envoy::router_filter;
 /// Node metadata key naming the families a node binds listeners on.
 pub const LISTENER_FAMILIES_KEY: &str = "dualstack-xds.io/listener-families";
 
-/// The snapshot group of a node: its listener families (default both).
+/// The snapshot group of proxyless gRPC clients.
+pub const GRPC_GROUP: &str = "grpc";
+
+/// The snapshot group of a node: proxyless gRPC clients (their user agent says gRPC) get
+/// theirs; an Envoy gets its listener families' (default both).
 pub fn node_group(node: &Node) -> Result<String, String> {
+    if node.user_agent_name.starts_with("gRPC") {
+        return Ok(GRPC_GROUP.to_owned());
+    }
     let families = node
         .metadata
         .as_ref()
@@ -110,6 +118,31 @@ struct Output {
     listeners: Vec<(Family, Resource, Option<String>)>,
     routes: BTreeMap<String, Resource>,
     conflicts: Vec<Skipped>,
+    /// For proxyless gRPC clients (ports with `appProtocol: grpc`): api_listeners,
+    /// routes, clusters and endpoints with additional addresses.
+    grpc: GrpcOutput,
+}
+
+#[derive(Clone, Debug, Default)]
+struct GrpcOutput {
+    listeners: Vec<Resource>,
+    routes: Vec<Resource>,
+    clusters: Vec<Resource>,
+    load_assignments: Vec<Resource>,
+}
+
+impl GrpcOutput {
+    /// Every resource, in make-before-break order.
+    fn resources(&self) -> impl Iterator<Item = (ResourceType, &Resource)> {
+        [
+            (ResourceType::Cluster, &self.clusters),
+            (ResourceType::Endpoint, &self.load_assignments),
+            (ResourceType::Listener, &self.listeners),
+            (ResourceType::Route, &self.routes),
+        ]
+        .into_iter()
+        .flat_map(|(ty, list)| list.iter().map(move |r| (ty, r)))
+    }
 }
 
 /// A listener port on the ingress: TCP and UDP are separate sockets.
@@ -137,7 +170,8 @@ pub struct Translator {
     claims: BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
     /// Each Service's endpoints, encoded slice by slice.
     endpoint_caches: BTreeMap<ServiceKey, EndpointCache>,
-    snapshots: [Snapshot; 3],
+    /// The three listener-family groups, then the gRPC group.
+    snapshots: [Snapshot; 4],
 }
 
 impl Translator {
@@ -226,9 +260,9 @@ impl Translator {
                 }
             };
             let only_endpoints = matches!((old, &output), (Some(o), Some(n)) if o.service_digest == n.service_digest);
-            // Clusters and endpoints are the same in every group: they are edited in the
-            // first group's snapshot and shared with the others. Listeners and routes
-            // depend on the group's families.
+            // Clusters and endpoints are the same in every listener-family group: they
+            // are edited in the first group's snapshot and shared with the others.
+            // Listeners and routes depend on the group's families.
             for (i, (builder, families)) in
                 builders.iter_mut().zip(ListenerFamilies::ALL).enumerate()
             {
@@ -251,14 +285,36 @@ impl Translator {
                     }
                 }
             }
+            let grpc_builder = &mut builders[3];
+            match (&output, only_endpoints) {
+                (Some(new), true) => {
+                    for r in &new.grpc.load_assignments {
+                        grpc_builder.upsert_resource(ResourceType::Endpoint, r.clone());
+                    }
+                }
+                _ => {
+                    if let Some(old) = old {
+                        for (ty, r) in old.grpc.resources() {
+                            grpc_builder.remove(ty, r.name());
+                        }
+                    }
+                    if let Some(new) = &output {
+                        for (ty, r) in new.grpc.resources() {
+                            grpc_builder.upsert_resource(ty, r.clone());
+                        }
+                    }
+                }
+            }
             outputs.push((key.clone(), output));
         }
         let mut builders = builders.into_iter();
-        let first = builders.next().expect("three groups").build()?;
+        let first = builders.next().expect("four groups").build()?;
         let mut snapshots = vec![first.clone()];
-        for mut builder in builders {
-            builder.share(&first, ResourceType::Cluster);
-            builder.share(&first, ResourceType::Endpoint);
+        for (i, mut builder) in builders.enumerate() {
+            if i < 2 {
+                builder.share(&first, ResourceType::Cluster);
+                builder.share(&first, ResourceType::Endpoint);
+            }
             snapshots.push(builder.build()?);
         }
         for (key, output) in outputs {
@@ -267,14 +323,13 @@ impl Translator {
                 None => self.outputs.remove(&key),
             };
         }
+        let names = ListenerFamilies::ALL
+            .iter()
+            .map(ToString::to_string)
+            .chain([GRPC_GROUP.to_owned()]);
         let mut set = SnapshotSet::default();
-        for ((slot, snapshot), families) in self
-            .snapshots
-            .iter_mut()
-            .zip(snapshots)
-            .zip(ListenerFamilies::ALL)
-        {
-            set.insert(&families.to_string(), snapshot.clone());
+        for ((slot, snapshot), name) in self.snapshots.iter_mut().zip(snapshots).zip(names) {
+            set.insert(&name, snapshot.clone());
             *slot = snapshot;
         }
         Ok(set)
@@ -336,12 +391,28 @@ fn translate(
         .collect();
     let service_digest = digest(&(service, &owners));
     let mut output = match old {
-        Some(old) if old.service_digest == service_digest => Output {
-            load_assignments: Vec::new(),
-            ..old.clone()
-        },
+        Some(old) if old.service_digest == service_digest => {
+            let mut reused = Output {
+                load_assignments: Vec::new(),
+                ..old.clone()
+            };
+            reused.grpc.load_assignments.clear();
+            reused
+        }
         _ => translate_service(key, service, &owners, service_digest),
     };
+    for port in service.ports.iter().filter(|p| p.kind == PortKind::Grpc) {
+        output
+            .grpc
+            .load_assignments
+            .push(Resource::new(&grpc::load_assignment(
+                &cluster_name(key, port),
+                &port.name,
+                endpoints,
+                primary,
+                service.failover,
+            )));
+    }
     cache.sync(endpoints);
     for port in &service.ports {
         output.load_assignments.push(cache.load_assignment(
@@ -373,6 +444,24 @@ fn translate_service(
             port,
             service.proxy_protocol,
         )));
+        if port.kind == PortKind::Grpc {
+            output
+                .grpc
+                .clusters
+                .push(Resource::new(&grpc::cluster(&name)));
+            output
+                .grpc
+                .routes
+                .push(Resource::new(&envoy::route_configuration(
+                    &name, &name, port.kind,
+                )));
+            for target in grpc::listener_names(key, port) {
+                output.grpc.listeners.push(Resource::with_references(
+                    &grpc::listener(&target, &name),
+                    vec![name.clone()],
+                ));
+            }
+        }
         if !service.ingress {
             continue;
         }

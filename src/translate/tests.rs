@@ -380,3 +380,64 @@ fn same_input_same_versions_in_another_translator() {
         );
     }
 }
+
+#[test]
+fn grpc_ports_are_served_to_proxyless_clients_in_their_own_group() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut internal = service("ledger", 7070, PortKind::Grpc);
+    internal.ingress = false;
+    let set = t
+        .update(
+            &model(vec![
+                service("api", 9090, PortKind::Grpc),
+                internal,
+                service("web", 80, PortKind::Http),
+            ]),
+            None,
+        )
+        .unwrap();
+    let grpc = group(&set, GRPC_GROUP);
+    let names = |ty| -> Vec<String> {
+        grpc.resources(ty)
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(ResourceType::Listener),
+        [
+            "api.default.svc.cluster.local:9090",
+            "api.default:9090",
+            "ledger.default.svc.cluster.local:7070",
+            "ledger.default:7070"
+        ]
+    );
+    assert_eq!(
+        names(ResourceType::Cluster),
+        ["default/api:9090", "default/ledger:7070"]
+    );
+    // Envoy groups get no api_listener, and no ingress listener for ingress: false.
+    let both = group(&set, "IPv4,IPv6");
+    assert!(both
+        .resources(ResourceType::Listener)
+        .iter()
+        .all(|r| !r.name().contains("ledger") && !r.name().contains(".default")));
+    // A flip is an EDS push for gRPC clients too.
+    let mut m = model(vec![service("api", 9090, PortKind::Grpc)]);
+    let mut t = Translator::new(Family::IPv4);
+    let before = t.update(&m, None).unwrap();
+    m.config_primary_family = Some(Family::IPv6);
+    let after = t.update(&m, None).unwrap();
+    let (b, a) = (group(&before, GRPC_GROUP), group(&after, GRPC_GROUP));
+    for ty in [
+        ResourceType::Cluster,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ] {
+        assert_eq!(b.resources(ty).version(), a.resources(ty).version(), "{ty}");
+    }
+    assert_ne!(
+        b.resources(ResourceType::Endpoint).version(),
+        a.resources(ResourceType::Endpoint).version()
+    );
+}

@@ -89,6 +89,14 @@ pub fn envoy_binary() -> PathBuf {
     PathBuf::from(path)
 }
 
+/// The rig's Python (with grpcio). Missing is an error, never a skip.
+pub fn python_binary() -> PathBuf {
+    let path = std::env::var_os("DUALSTACK_XDS_PYTHON").unwrap_or_else(|| {
+        panic!("DUALSTACK_XDS_PYTHON is not set: run the tests through scripts/test.sh, which installs the rig")
+    });
+    PathBuf::from(path)
+}
+
 /// Distinct per Envoy, so several run at once.
 fn next_base_id() -> u32 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -1,0 +1,305 @@
+//! Proxyless gRPC clients, with grpcio's own xDS client (Python, from the test rig):
+//! `xds:///SERVICE.NAMESPACE:PORT` and the `.svc.cluster.local` form resolve through the
+//! server, calls follow the primary family (a flip moves them with no failed RPC), an
+//! endpoint change reaches the client, and a resource the client rejects is reported.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use dualstack_xds::snapshot::{ResourceType, Snapshot, SnapshotSet};
+use dualstack_xds::translate::{self, GRPC_GROUP};
+use envoy_types::pb::envoy::config::core::v3::{
+    config_source, AggregatedConfigSource, ConfigSource,
+};
+use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager, HttpConnectionManager, Rds,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A Python process killed on drop, its stdout lines collected.
+struct Py {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Py {
+    fn start(script: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
+        let mut child = Command::new(python_binary())
+            .arg(repo_path(&format!("tests/grpc/{script}")))
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Py { child, lines }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Py {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A greeter answering `tag`, on `bind` (`127.0.0.1` or `[::1]`); returns its port.
+async fn greeter(bind: &str, tag: &str) -> (Py, u16) {
+    let py = Py::start("greeter.py", &[&format!("{bind}:0"), tag], &[]);
+    let port = eventually("the greeter's port", WAIT, || async {
+        py.lines().first()?.parse::<u16>().ok()
+    })
+    .await;
+    (py, port)
+}
+
+fn write_manifests(dir: &std::path::Path, family: &str, v4_port: u16, v6_port: u16) {
+    std::fs::write(
+        dir.join("config.yaml"),
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: dualstack-xds, namespace: dualstack-xds}}\ndata: {{primaryFamily: {family}}}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("greeter.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  name: greeter
+  namespace: shop
+  labels: {{dualstack-xds.io/expose: "true"}}
+  annotations: {{dualstack-xds.io/ingress: "false"}}
+spec:
+  ports: [{{name: grpc, port: 50051, appProtocol: grpc}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: greeter-v4
+  namespace: shop
+  labels: {{kubernetes.io/service-name: greeter}}
+addressType: IPv4
+ports: [{{name: grpc, port: {v4_port}}}]
+endpoints:
+- addresses: ["127.0.0.1"]
+  targetRef: {{kind: Pod, name: greeter-0, namespace: shop}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: greeter-v6
+  namespace: shop
+  labels: {{kubernetes.io/service-name: greeter}}
+addressType: IPv6
+ports: [{{name: grpc, port: {v6_port}}}]
+endpoints:
+- addresses: ["::1"]
+  targetRef: {{kind: Pod, name: greeter-0, namespace: shop}}
+"#
+        ),
+    )
+    .unwrap();
+}
+
+fn grpc_bootstrap(dir: &std::path::Path, node: &str, xds: SocketAddr) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
+        .args(["bootstrap", "--grpc", "--node-id", node, "--xds-address"])
+        .arg(xds.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let path = dir.join(format!("{node}.json"));
+    std::fs::write(&path, out.stdout).unwrap();
+    path.display().to_string()
+}
+
+const TARGETS: [&str; 2] = [
+    "xds:///greeter.shop:50051",
+    "xds:///greeter.shop.svc.cluster.local:50051",
+];
+
+/// Waits until every target's latest answers (the last `n` per target) are `tag`.
+async fn answering(client: &Py, tag: &str, from: usize) {
+    eventually(&format!("every target answered by {tag}"), WAIT, || async {
+        let lines = client.lines();
+        let recent: Vec<&String> = lines[from.min(lines.len())..].iter().collect();
+        TARGETS
+            .iter()
+            .all(|t| {
+                let mine: Vec<&&String> = recent
+                    .iter()
+                    .filter(|l| l.contains(&format!(" {t} ")))
+                    .collect();
+                mine.len() >= 3
+                    && mine[mine.len() - 3..]
+                        .iter()
+                        .all(|l| l.ends_with(&format!(" {tag}")))
+            })
+            .then_some(())
+    })
+    .await;
+}
+
+fn errors(client: &Py) -> Vec<String> {
+    client
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("ERR"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_resolves_xds_targets_and_follows_the_primary_family() {
+    let (_v4, v4_port) = greeter("127.0.0.1", "v4").await;
+    let (_v6, v6_port) = greeter("[::1]", "v6").await;
+    let (_v6b, v6b_port) = greeter("[::1]", "v6b").await;
+    let config = tempfile::tempdir().unwrap();
+    write_manifests(config.path(), "IPv4", v4_port, v6_port);
+    let serve = ServeProcess::start(
+        tempfile::tempdir().unwrap(),
+        &["--manifests".into(), config.path().display().to_string()],
+    );
+    serve.wait_ready().await;
+    let bootstrap = grpc_bootstrap(config.path(), "py-client", serve.xds);
+    let client = Py::start(
+        "client.py",
+        &TARGETS,
+        &[("GRPC_XDS_BOOTSTRAP", bootstrap.as_str())],
+    );
+
+    // Both target forms resolve; IPv4-primary calls reach the IPv4 server.
+    answering(&client, "v4", 0).await;
+    assert!(errors(&client).is_empty(), "{:?}", errors(&client));
+
+    // Flip to IPv6-primary: calls move to the IPv6 server, none fails.
+    let mark = client.lines().len();
+    write_manifests(config.path(), "IPv6", v4_port, v6_port);
+    answering(&client, "v6", mark).await;
+    assert!(
+        errors(&client).is_empty(),
+        "a failed RPC during the flip: {:?}",
+        errors(&client)
+    );
+
+    // An endpoint change reaches the client.
+    let mark = client.lines().len();
+    write_manifests(config.path(), "IPv6", v4_port, v6b_port);
+    answering(&client, "v6b", mark).await;
+    assert!(errors(&client).is_empty(), "{:?}", errors(&client));
+
+    // The client is a gRPC client to the server, subscribed by name (grpcio keeps one
+    // xDS client per target, so one stream each).
+    let (_, body) = serve.get("/debug/clients").await.unwrap();
+    let clients: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mine: Vec<&serde_json::Value> = clients
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["node_id"] == "py-client")
+        .collect();
+    assert!(!mine.is_empty(), "{clients}");
+    let mut listener_names = 0;
+    for stream in mine {
+        assert_eq!(stream["group"], GRPC_GROUP);
+        let lds = stream["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type_url"].as_str().unwrap().ends_with("Listener"))
+            .unwrap();
+        assert_eq!(lds["wildcard"], false, "gRPC subscribes by name");
+        listener_names += lds["subscribed_names"].as_u64().unwrap();
+    }
+    assert_eq!(listener_names, 2, "one listener per target form");
+}
+
+fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_grpc_rejects_is_reported_as_a_nack() {
+    let server = start_server_with(std::sync::Arc::new(translate::node_group)).await;
+    // An api_listener without the router filter: gRFC A39 makes the client reject it.
+    let hcm = HttpConnectionManager {
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ConfigSource {
+                resource_api_version: 2,
+                config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+                    AggregatedConfigSource {},
+                )),
+                ..Default::default()
+            }),
+            route_config_name: "bad-route".into(),
+        })),
+        http_filters: vec![],
+        ..Default::default()
+    };
+    let listener = Listener {
+        name: "bad.shop:1".into(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(any(&hcm)),
+        }),
+        ..Default::default()
+    };
+    let mut b = Snapshot::builder();
+    b.upsert(&listener)
+        .upsert(&dualstack_xds::snapshot::fixtures::route_to(
+            "bad-route",
+            "nowhere",
+        ));
+    let mut set = SnapshotSet::default();
+    set.insert(GRPC_GROUP, b.build().unwrap());
+    server.cache.publish(set);
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = grpc_bootstrap(dir.path(), "py-nack", server.addr);
+    let client = Py::start(
+        "client.py",
+        &["xds:///bad.shop:1"],
+        &[("GRPC_XDS_BOOTSTRAP", bootstrap.as_str())],
+    );
+    let nack = eventually("the client's NACK", WAIT, || async {
+        server
+            .registry
+            .clients()
+            .into_iter()
+            .find(|c| c.node_id == "py-nack")?
+            .types
+            .into_iter()
+            .find(|t| t.type_url == ResourceType::Listener.type_url())?
+            .last_nack
+    })
+    .await;
+    assert!(
+        nack.message.to_lowercase().contains("router") || nack.message.contains("filter"),
+        "the NACK carries the client's reason: {}",
+        nack.message
+    );
+    assert_eq!(server.registry.metrics.nacks(ResourceType::Listener), 1);
+    drop(client);
+}
