@@ -283,22 +283,39 @@ async fn a_resource_grpc_rejects_is_reported_as_a_nack() {
         &["xds:///bad.shop:1"],
         &[("GRPC_XDS_BOOTSTRAP", bootstrap.as_str())],
     );
-    let nack = eventually("the client's NACK", WAIT, || async {
-        server
-            .registry
-            .clients()
-            .into_iter()
-            .find(|c| c.node_id == "py-nack")?
-            .types
-            .into_iter()
-            .find(|t| t.type_url == ResourceType::Listener.type_url())?
-            .last_nack
+    // Served as operators read it: /debug/clients on the admin API.
+    let admin = dualstack_xds::admin::Admin {
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        registry: Arc::new(prometheus_client::registry::Registry::default()),
+        cache: server.cache.clone(),
+        clients: server.registry.clone(),
+        skipped: Arc::default(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_addr = listener.local_addr().unwrap();
+    tokio::spawn(admin.serve(listener));
+    let message = eventually("the client's NACK in /debug/clients", WAIT, || async {
+        let body = reqwest::get(format!("http://{admin_addr}/debug/clients"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let clients: serde_json::Value = serde_json::from_str(&body).ok()?;
+        clients
+            .as_array()?
+            .iter()
+            .filter(|c| c["node_id"] == "py-nack")
+            .flat_map(|c| c["types"].as_array().cloned().unwrap_or_default())
+            .find(|t| t["type_url"] == ResourceType::Listener.type_url())?["last_nack"]["message"]
+            .as_str()
+            .map(str::to_owned)
     })
     .await;
     assert!(
-        nack.message.to_lowercase().contains("router") || nack.message.contains("filter"),
+        message.to_lowercase().contains("router") || message.contains("filter"),
         "the NACK carries the client's reason: {}",
-        nack.message
+        message
     );
     assert_eq!(server.registry.metrics.nacks(ResourceType::Listener), 1);
     drop(client);
