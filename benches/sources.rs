@@ -191,6 +191,30 @@ fn main() {
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
     samples.sort_by(f64::total_cmp);
+    let figures = std::collections::BTreeMap::from([
+        ("objects_received_mib".to_string(), mib(received_size)),
+        ("objects_pruned_mib".to_string(), mib(pruned_size)),
+        ("store_mib".to_string(), mib(store_size)),
+        (
+            "store_to_pruned_ratio".to_string(),
+            store_size as f64 / pruned_size as f64,
+        ),
+        (
+            "event_to_snapshot_p50_ms".to_string(),
+            samples[samples.len() / 2],
+        ),
+        (
+            "event_to_snapshot_p99_ms".to_string(),
+            samples[samples.len() * 99 / 100],
+        ),
+    ]);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("sources.json"),
+        serde_json::to_string_pretty(&figures).unwrap(),
+    )
+    .unwrap();
     println!(
         "watch event -> published snapshot (one slice of a 1,000-endpoint Service changed): p50 {:.3} ms, p99 {:.3} ms (plus the --debounce quiet period, 20 ms by default)",
         samples[samples.len() / 2],

@@ -74,7 +74,18 @@ fn model(services: usize, endpoints: usize) -> Model {
     model
 }
 
+fn write_figures(figures: &std::collections::BTreeMap<String, f64>, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(figures).unwrap(),
+    )
+    .unwrap();
+}
+
 fn main() {
+    let mut figures = std::collections::BTreeMap::new();
     println!(
         "translation benchmark ({} cores; EndpointSlices of {SLICE_SIZE} endpoints)",
         std::thread::available_parallelism().map_or(0, |n| n.get())
@@ -110,6 +121,19 @@ fn main() {
             samples.push(t.elapsed().as_secs_f64() * 1e3);
         }
         samples.sort_by(f64::total_cmp);
+        let shape = format!("{services}x{endpoints}");
+        figures.insert(
+            format!("{shape}_full_us_per_endpoint"),
+            full.as_secs_f64() * 1e6 / total as f64,
+        );
+        figures.insert(
+            format!("{shape}_slice_change_median_ms"),
+            samples[samples.len() / 2],
+        );
+        figures.insert(
+            format!("{shape}_slice_change_max_ms"),
+            *samples.last().unwrap(),
+        );
         println!(
             "{services} services x {endpoints} endpoints (x2 families, 3 listener groups): full rebuild {:.1} ms = {:.2} us per endpoint (target <= 1 us); one slice changed: median {:.3} ms, max {:.3} ms (target <= 1 ms)",
             full.as_secs_f64() * 1e3,
@@ -118,4 +142,5 @@ fn main() {
             samples.last().unwrap()
         );
     }
+    write_figures(&figures, "translate");
 }

@@ -36,6 +36,14 @@ static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INST
 const ENDPOINTS: usize = 10;
 const ROUNDS: usize = 3;
 
+/// Named figures, written to `target/bench/xds-STREAMSxCLUSTERS.json` at the end.
+static FIGURES: std::sync::Mutex<std::collections::BTreeMap<String, f64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+fn figure(key: &str, value: f64) {
+    FIGURES.lock().unwrap().insert(key.to_owned(), value);
+}
+
 fn live_heap_kib() -> f64 {
     let s = GLOBAL.stats();
     // stats_alloc already folds reallocations into the allocated and deallocated totals.
@@ -120,6 +128,7 @@ async fn server_main(streams: usize, clusters: usize) {
         b.upsert(&eds_cluster(&cluster_name(i))).upsert(&cla(i, 0));
     }
     let mut snapshot = b.build().unwrap();
+    figure("full_snapshot_build_ms", t.elapsed().as_secs_f64() * 1e3);
     println!(
         "full snapshot build (encode, hash, check {} resources): {:.1} ms; snapshot heap {:.1} MiB",
         2 * clusters,
@@ -140,6 +149,8 @@ async fn server_main(streams: usize, clusters: usize) {
         samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
     samples.sort_by(f64::total_cmp);
+    figure("publish_one_cla_p50_us", percentile(&samples, 0.5));
+    figure("publish_one_cla_p99_us", percentile(&samples, 0.99));
     println!(
         "publish a snapshot with one ClusterLoadAssignment changed (encode, diff-free insert, consistency check, publish): p50 {:.1} us, p99 {:.1} us, max {:.1} us (target < 1000 us)",
         percentile(&samples, 0.5),
@@ -160,6 +171,15 @@ async fn server_main(streams: usize, clusters: usize) {
         registry.metrics.nacks(ResourceType::Endpoint),
         registry.metrics.responses(ResourceType::Endpoint)
     );
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("xds-{streams}x{clusters}.json"));
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&*FIGURES.lock().unwrap()).unwrap(),
+    )
+    .unwrap();
+    println!("figures written to {}", path.display());
 }
 
 async fn fan_out(
@@ -193,32 +213,40 @@ async fn fan_out(
         assert!(line.starts_with(what), "expected {what}, got {line}");
         line
     };
-    let per_stream = || {
-        format!(
-            "server live heap {:.1} KiB per stream (RSS growth {:.1} KiB per stream)",
-            (live_heap_kib() - heap_before) / streams as f64,
-            rss_kib().saturating_sub(rss_before) as f64 / streams as f64
-        )
+    let per_stream = |stage: &str| {
+        let heap = (live_heap_kib() - heap_before) / streams as f64;
+        let rss = rss_kib().saturating_sub(rss_before) as f64 / streams as f64;
+        figure(&format!("{mode}_{stage}_heap_kib_per_stream"), heap);
+        figure(&format!("{mode}_{stage}_rss_kib_per_stream"), rss);
+        format!("server live heap {heap:.1} KiB per stream (RSS growth {rss:.1} KiB per stream)")
     };
 
     let t = Instant::now();
     expect("cds-synced");
     let cds_sync = t.elapsed();
+    figure(
+        &format!("{mode}_storm_connect_and_cds_sync_s"),
+        cds_sync.as_secs_f64(),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
         "connect + CDS wildcard ({clusters} clusters) synced: {:.2} s; then idle: {} (target < 64 KiB)",
         cds_sync.as_secs_f64(),
-        per_stream()
+        per_stream("cds_synced")
     );
     writeln!(to_child, "subscribe-eds").unwrap();
     let t = Instant::now();
     expect("eds-synced");
     let eds_sync = t.elapsed();
+    figure(
+        &format!("{mode}_eds_subscribe_and_sync_s"),
+        eds_sync.as_secs_f64(),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
         "EDS for all {clusters} clusters subscribed + synced: {:.2} s; then idle: {}",
         eds_sync.as_secs_f64(),
-        per_stream()
+        per_stream("eds_synced")
     );
 
     let mut generation = if mode == "delta" { 20_000 } else { 10_000 };
@@ -255,6 +283,10 @@ async fn fan_out(
                 }
             );
             totals.push(max);
+            let how = if hold_acks { "push" } else { "acking" };
+            figure(&format!("{mode}_fanout_{how}_p50_ms"), p50);
+            figure(&format!("{mode}_fanout_{how}_p99_ms"), p99);
+            figure(&format!("{mode}_fanout_{how}_max_ms"), max);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         totals.sort_by(f64::total_cmp);
