@@ -685,14 +685,14 @@ async fn convergence(report: &mut Report) {
         );
         report.add(
             &format!("convergence_{size}_endpoints_max_ms"),
-            &format!("same, max (of 10)"),
+            "same, max (of 10)",
             percentile(&applied, 1.0),
             "ms",
             "",
         );
         report.add(
             &format!("convergence_{size}_endpoints_server_p50_ms"),
-            &format!("  of which file event -> snapshot published (debounce included): p50"),
+            "  of which file event -> snapshot published (debounce included): p50",
             percentile(&server_part, 0.5),
             "ms",
             "",
