@@ -28,7 +28,7 @@ use dualstack_xds::server::protocol::Scope;
 use dualstack_xds::server::{single_group, ClientRegistry, XdsServer};
 use dualstack_xds::snapshot::fixtures::{eds_cluster, load_assignment};
 use dualstack_xds::snapshot::{ResourceType, Snapshot, SnapshotCache, SnapshotSet};
-use dualstack_xds::sources::debounce::{burst, Debounce};
+use dualstack_xds::sources::debounce::{Debounce, Debouncer, Instant as DebounceInstant};
 use dualstack_xds::sources::manifest_watch::{self, ManifestDir};
 use dualstack_xds::sources::manifests::Filter;
 use dualstack_xds::sources::objects::{Changed, ModelStore};
@@ -330,7 +330,7 @@ async fn churn(report: &mut Report, rate: u64, secs: u64) {
         quiet: Duration::from_millis(20),
         max_delay: Duration::from_millis(250),
     };
-    let (tx, mut rx) = mpsc::channel::<(Instant, EndpointSlice)>(4096);
+    let (tx, mut rx) = mpsc::channel::<(DebounceInstant, (Instant, EndpointSlice))>(4096);
     let producer = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -340,8 +340,9 @@ async fn churn(report: &mut Report, rate: u64, secs: u64) {
             tick.tick().await;
             n += 1;
             let service = (n * 37 % 100) as usize;
+            let now = Instant::now();
             if tx
-                .send((Instant::now(), slice_object(service, n)))
+                .send((now.into(), (now, slice_object(service, n))))
                 .await
                 .is_err()
             {
@@ -349,21 +350,24 @@ async fn churn(report: &mut Report, rate: u64, secs: u64) {
             }
         }
     });
+    let mut debouncer = Debouncer::new(debounce);
     let cpu0 = cpu_seconds();
     let start = Instant::now();
     let (mut events, mut publishes, mut worst) = (0u64, 0u64, Duration::ZERO);
     loop {
         let mut changed = Changed::Nothing;
         let mut sent: Vec<Instant> = Vec::new();
-        let got = burst(&mut rx, debounce, |(at, object)| {
-            sent.push(at);
-            changed.merge(store.upsert_slice(object));
-        })
-        .await;
+        let got = debouncer
+            .burst(&mut rx, |(at, object)| {
+                sent.push(at);
+                changed.merge(store.upsert_slice(object));
+            })
+            .await;
         if got.is_none() {
             break;
         }
         events += sent.len() as u64;
+        let publishing = Instant::now();
         if !changed.is_nothing() {
             let set = translator
                 .update(store.model(), changed.services().as_ref())
@@ -371,6 +375,7 @@ async fn churn(report: &mut Report, rate: u64, secs: u64) {
             cache.publish(set);
             publishes += 1;
         }
+        debouncer.published(publishing.elapsed());
         let now = Instant::now();
         worst = sent.iter().map(|t| now - *t).fold(worst, Duration::max);
     }

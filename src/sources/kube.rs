@@ -25,7 +25,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
-use super::debounce::{burst, Debounce, Instant};
+use super::debounce::{Debounce, Debouncer, Instant};
 use super::objects::{key_of, Changed, ModelStore, ANNOTATION_PREFIX, SERVICE_NAME_LABEL};
 use crate::model::{Model, ServiceKey};
 
@@ -391,24 +391,27 @@ pub async fn run(
     tokio::spawn(async move {
         let mut all = futures::stream::select_all(streams);
         while let Some(event) = all.next().await {
-            if tx.send(event).await.is_err() {
+            if tx.send((Instant::now(), event)).await.is_err() {
                 return;
             }
         }
     });
     let mut pending = Changed::Nothing;
     let mut published = false;
+    let mut debouncer = Debouncer::new(debounce);
     loop {
-        let Some(start) = burst(&mut rx, debounce, |(id, event)| {
-            pending.merge(state.apply(id, event));
-        })
-        .await
+        let Some(start) = debouncer
+            .burst(&mut rx, |(id, event)| {
+                pending.merge(state.apply(id, event));
+            })
+            .await
         else {
             return;
         };
         if !state.is_synced() {
             continue;
         }
+        let publishing = Instant::now();
         if !published {
             tracing::info!(
                 services = state.model().services.len(),
@@ -420,6 +423,7 @@ pub async fn run(
         } else if !pending.is_nothing() {
             publish(state.model(), std::mem::take(&mut pending), start);
         }
+        debouncer.published(publishing.elapsed());
         pending = Changed::Nothing;
     }
 }

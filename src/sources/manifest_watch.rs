@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::debounce::{burst, Debounce, Instant};
+use super::debounce::{Debounce, Debouncer, Instant};
 use super::manifests::{
     is_manifest, manifest_files, parse_file, select, FileError, FileObjects, Filter,
 };
@@ -101,7 +101,7 @@ pub async fn watch(
     debounce: Debounce,
     mut on_change: impl FnMut(&ManifestDir, Instant),
 ) -> notify::Result<()> {
-    let (tx, mut rx) = mpsc::channel::<Vec<PathBuf>>(1024);
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<PathBuf>)>(1024);
     let root = source.dir.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let paths = match event {
@@ -110,18 +110,21 @@ pub async fn watch(
             Err(_) => vec![root.clone()],
         };
         // On notify's own thread: waiting here is backpressure, not a queue without bound.
-        let _ = tx.blocking_send(paths);
+        let _ = tx.blocking_send((Instant::now(), paths));
     })?;
     watcher.watch(&source.dir, RecursiveMode::Recursive)?;
+    let mut debouncer = Debouncer::new(debounce);
     loop {
         let mut paths = BTreeSet::new();
-        let Some(start) = burst(&mut rx, debounce, |more| paths.extend(more)).await else {
+        let Some(start) = debouncer.burst(&mut rx, |more| paths.extend(more)).await else {
             return Ok(());
         };
+        let publishing = Instant::now();
         if let Err(error) = source.refresh(&paths) {
             tracing::warn!(%error, "rescanning the manifest directory");
             continue;
         }
         on_change(&source, start);
+        debouncer.published(publishing.elapsed());
     }
 }
