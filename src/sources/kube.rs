@@ -49,22 +49,89 @@ pub enum KindEvent {
     ConfigMap(watcher::Event<ConfigMap>),
 }
 
-/// Objects listed during a relist, applied when it completes.
+/// A watched object of any kind, as the store takes it.
 #[derive(Debug)]
-enum Relist {
-    Services(BTreeMap<ServiceKey, K8sService>),
-    Slices(BTreeMap<ServiceKey, EndpointSlice>),
-    ConfigMap(Option<Box<ConfigMap>>),
+#[allow(clippy::large_enum_variant)]
+enum Object {
+    Service(K8sService),
+    Slice(EndpointSlice),
+    ConfigMap(ConfigMap),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Service,
+    Slice,
+    ConfigMap,
+}
+
+impl Object {
+    fn key(&self) -> ServiceKey {
+        key_of(match self {
+            Object::Service(o) => &o.metadata,
+            Object::Slice(o) => &o.metadata,
+            Object::ConfigMap(o) => &o.metadata,
+        })
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::Slice(_) => Kind::Slice,
+            Object::ConfigMap(_) => Kind::ConfigMap,
+        }
+    }
+
+    fn upsert(self, store: &mut ModelStore) -> Changed {
+        match self {
+            Object::Service(o) => store.upsert_service(o),
+            Object::Slice(o) => store.upsert_slice(o),
+            Object::ConfigMap(o) => store.set_config_map(Some(o)),
+        }
+    }
+}
+
+impl Kind {
+    fn remove(self, store: &mut ModelStore, key: &ServiceKey) -> Changed {
+        match self {
+            Kind::Service => store.remove_service(key),
+            Kind::Slice => store.remove_slice(key),
+            // One ConfigMap is watched (by name): its removal is the ConfigMap's.
+            Kind::ConfigMap => store.set_config_map(None),
+        }
+    }
+}
+
+impl KindEvent {
+    /// The event with its object kind-erased, for the one way every kind is applied.
+    fn into_object_event(self) -> watcher::Event<Object> {
+        fn map<K>(event: watcher::Event<K>, wrap: fn(K) -> Object) -> watcher::Event<Object> {
+            match event {
+                watcher::Event::Apply(o) => watcher::Event::Apply(wrap(o)),
+                watcher::Event::Delete(o) => watcher::Event::Delete(wrap(o)),
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitApply(o) => watcher::Event::InitApply(wrap(o)),
+                watcher::Event::InitDone => watcher::Event::InitDone,
+            }
+        }
+        match self {
+            KindEvent::Service(e) => map(e, Object::Service),
+            KindEvent::Slice(e) => map(e, Object::Slice),
+            KindEvent::ConfigMap(e) => map(e, Object::ConfigMap),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct WatcherState {
     /// Has completed a first list.
     synced: bool,
+    /// The kind it watches (known once an object has passed).
+    kind: Option<Kind>,
     /// What this watcher's last list and events hold (its share of the store).
     known: BTreeSet<ServiceKey>,
-    /// A relist in progress.
-    relist: Option<Relist>,
+    /// A relist in progress: the objects listed so far.
+    relist: Option<BTreeMap<ServiceKey, Object>>,
 }
 
 /// Watch events applied to the model. I/O-free.
@@ -96,64 +163,29 @@ impl KubeState {
     pub fn apply(&mut self, id: usize, event: KindEvent) -> Changed {
         let store = &mut self.store;
         let w = &mut self.watchers[id];
-        match event {
-            KindEvent::Service(event) => match event {
-                watcher::Event::Apply(o) => {
-                    w.known.insert(key_of(&o.metadata));
-                    store.upsert_service(o)
+        match event.into_object_event() {
+            watcher::Event::Apply(o) => {
+                w.kind = Some(o.kind());
+                w.known.insert(o.key());
+                o.upsert(store)
+            }
+            watcher::Event::Delete(o) => {
+                let key = o.key();
+                w.known.remove(&key);
+                o.kind().remove(store, &key)
+            }
+            watcher::Event::Init => {
+                w.relist = Some(BTreeMap::new());
+                Changed::Nothing
+            }
+            watcher::Event::InitApply(o) => {
+                w.kind = Some(o.kind());
+                if let Some(listed) = &mut w.relist {
+                    listed.insert(o.key(), o);
                 }
-                watcher::Event::Delete(o) => {
-                    let key = key_of(&o.metadata);
-                    w.known.remove(&key);
-                    store.remove_service(&key)
-                }
-                watcher::Event::Init => {
-                    w.relist = Some(Relist::Services(BTreeMap::new()));
-                    Changed::Nothing
-                }
-                watcher::Event::InitApply(o) => {
-                    if let Some(Relist::Services(buffer)) = &mut w.relist {
-                        buffer.insert(key_of(&o.metadata), o);
-                    }
-                    Changed::Nothing
-                }
-                watcher::Event::InitDone => finish_relist(store, w),
-            },
-            KindEvent::Slice(event) => match event {
-                watcher::Event::Apply(o) => {
-                    w.known.insert(key_of(&o.metadata));
-                    store.upsert_slice(o)
-                }
-                watcher::Event::Delete(o) => {
-                    let key = key_of(&o.metadata);
-                    w.known.remove(&key);
-                    store.remove_slice(&key)
-                }
-                watcher::Event::Init => {
-                    w.relist = Some(Relist::Slices(BTreeMap::new()));
-                    Changed::Nothing
-                }
-                watcher::Event::InitApply(o) => {
-                    if let Some(Relist::Slices(buffer)) = &mut w.relist {
-                        buffer.insert(key_of(&o.metadata), o);
-                    }
-                    Changed::Nothing
-                }
-                watcher::Event::InitDone => finish_relist(store, w),
-            },
-            KindEvent::ConfigMap(event) => match event {
-                watcher::Event::Apply(o) => store.set_config_map(Some(o)),
-                watcher::Event::Delete(_) => store.set_config_map(None),
-                watcher::Event::Init => {
-                    w.relist = Some(Relist::ConfigMap(None));
-                    Changed::Nothing
-                }
-                watcher::Event::InitApply(o) => {
-                    w.relist = Some(Relist::ConfigMap(Some(Box::new(o))));
-                    Changed::Nothing
-                }
-                watcher::Event::InitDone => finish_relist(store, w),
-            },
+                Changed::Nothing
+            }
+            watcher::Event::InitDone => finish_relist(store, w),
         }
     }
 }
@@ -162,27 +194,17 @@ impl KubeState {
 fn finish_relist(store: &mut ModelStore, w: &mut WatcherState) -> Changed {
     w.synced = true;
     let mut changed = Changed::Nothing;
-    match w.relist.take() {
-        Some(Relist::Services(listed)) => {
-            for gone in w.known.iter().filter(|k| !listed.contains_key(*k)) {
-                changed.merge(store.remove_service(gone));
-            }
-            w.known = listed.keys().cloned().collect();
-            for (_, o) in listed {
-                changed.merge(store.upsert_service(o));
-            }
+    let Some(listed) = w.relist.take() else {
+        return changed;
+    };
+    if let Some(kind) = w.kind {
+        for gone in w.known.iter().filter(|k| !listed.contains_key(*k)) {
+            changed.merge(kind.remove(store, gone));
         }
-        Some(Relist::Slices(listed)) => {
-            for gone in w.known.iter().filter(|k| !listed.contains_key(*k)) {
-                changed.merge(store.remove_slice(gone));
-            }
-            w.known = listed.keys().cloned().collect();
-            for (_, o) in listed {
-                changed.merge(store.upsert_slice(o));
-            }
-        }
-        Some(Relist::ConfigMap(listed)) => changed.merge(store.set_config_map(listed.map(|o| *o))),
-        None => {}
+    }
+    w.known = listed.keys().cloned().collect();
+    for (_, o) in listed {
+        changed.merge(o.upsert(store));
     }
     changed
 }
