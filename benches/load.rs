@@ -14,13 +14,17 @@
 //! Prints a table and writes the figures to `target/bench/load.json`.
 //! Run: `scripts/bench.sh` (both parts), or `cargo bench --bench load [-- --churn-secs 30]`.
 
+/// The test rig (real Envoy, echo servers), shared with the integration tests.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{echo_server_on, free_port, tcp_roundtrip, Envoy};
 use dualstack_xds::model::Family;
 use dualstack_xds::server::protocol::delta::DeltaStream;
 use dualstack_xds::server::protocol::sotw::SotwStream;
@@ -38,7 +42,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use prost::Message;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 /// Named figures, printed as a table and written as JSON.
@@ -419,122 +422,24 @@ async fn churn(report: &mut Report, rate: u64, secs: u64) {
 // ---------------------------------------------------------------------------------
 // 5. Convergence into real Envoy.
 
-struct Envoy {
-    child: Child,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Envoy {
-    async fn start(xds: SocketAddr, base_id: u32) -> Envoy {
-        let envoy = std::env::var_os("DUALSTACK_XDS_ENVOY")
-            .expect("DUALSTACK_XDS_ENVOY is not set: run scripts/bench.sh, which installs Envoy");
-        let dir = tempfile::tempdir().unwrap();
-        let text = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy/ads-sotw.yaml"),
-        )
-        .unwrap()
-        .replace("port_value: 18000", &format!("port_value: {}", xds.port()))
-        .replace("port_value: 9901", "port_value: 0");
-        std::fs::write(dir.path().join("bootstrap.yaml"), text).unwrap();
-        let admin_path = dir.path().join("admin");
-        let child = Command::new(envoy)
-            .arg("-c")
-            .arg(dir.path().join("bootstrap.yaml"))
-            .args(["--admin-address-path"])
-            .arg(&admin_path)
-            .args(["--disable-hot-restart", "--base-id", &base_id.to_string()])
-            .args(["--log-level", "warn", "--concurrency", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let admin = loop {
-            if let Some(a) = std::fs::read_to_string(&admin_path)
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-            {
-                break a;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        Envoy {
-            child,
-            admin,
-            _dir: dir,
-        }
-    }
-
-    async fn get(&self, path: &str) -> String {
-        http_get(self.admin, path).await.unwrap_or_default()
-    }
-
-    /// The sum of every stat matching `filter`.
-    async fn stat_sum(&self, filter: &str) -> u64 {
-        self.get(&format!("/stats?filter={filter}"))
-            .await
-            .lines()
-            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+/// Sum of every Envoy stat matching `filter`.
+async fn stat_sum(envoy: &Envoy, filter: &str) -> u64 {
+    envoy
+        .admin_get(&format!("/stats?filter={filter}"))
         .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    Some(text.split_once("\r\n\r\n")?.1.to_owned())
+        .lines()
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+        .sum()
 }
 
-async fn roundtrip(addr: SocketAddr) -> Option<String> {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"x").await.ok()?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).await.ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
-    };
-    tokio::time::timeout(Duration::from_millis(500), attempt)
-        .await
-        .ok()
-        .flatten()
+/// The tag of the echo server behind `addr`, if it answers.
+async fn answer(addr: SocketAddr) -> Option<String> {
+    let reply = tcp_roundtrip(addr, "x").await?;
+    Some(reply.strip_suffix(":x")?.to_owned())
 }
 
-/// A TCP server answering every connection with `tag`.
 async fn tagged_server(bind: &str, tag: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(format!("{bind}:0"))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 64];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(tag.as_bytes()).await;
-            });
-        }
-    });
-    addr
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    echo_server_on(&format!("{bind}:0"), tag).await
 }
 
 fn service_yaml(name: &str, listener_port: u16) -> String {
@@ -631,9 +536,8 @@ where
 }
 
 async fn convergence(report: &mut Report) {
-    let base = 40_000 + std::process::id() % 1000 * 10;
     // (a) Envoy applies an EndpointSlice edit, by cluster size.
-    for (i, size) in [10usize, 1_000, 10_000].into_iter().enumerate() {
+    for size in [10usize, 1_000, 10_000] {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("service.yaml"),
@@ -651,15 +555,15 @@ async fn convergence(report: &mut Report) {
             .unwrap();
         }
         let (xds, published) = serve_dir(dir.path()).await;
-        let envoy = Envoy::start(xds, base + i as u32).await;
+        let envoy = Envoy::start("envoy/ads-sotw.yaml", xds, "bench").await;
         poll_until(Duration::from_secs(30), || async {
-            envoy.stat_sum("membership_total").await >= size as u64
+            stat_sum(&envoy, "membership_total").await >= size as u64
         })
         .await
         .expect("Envoy has every endpoint");
         let (mut applied, mut server_part) = (Vec::new(), Vec::new());
         for round in 0..10 {
-            let changes = envoy.stat_sum("membership_change").await;
+            let changes = stat_sum(&envoy, "membership_change").await;
             let mut chunk = addresses[..size.min(100)].to_vec();
             chunk[0] = format!("10.250.{}.{}", round / 250, round % 250 + 1);
             let publishes = published.lock().unwrap().len();
@@ -669,7 +573,7 @@ async fn convergence(report: &mut Report) {
                 &slice_yaml("web-0", "web", "IPv4", 8080, &chunk),
             );
             let took = poll_until(Duration::from_secs(10), || async {
-                envoy.stat_sum("membership_change").await > changes
+                stat_sum(&envoy, "membership_change").await > changes
             })
             .await
             .expect("Envoy applied the edit");
@@ -705,8 +609,8 @@ async fn convergence(report: &mut Report) {
     }
 
     // (b) Until traffic reaches a new backend.
-    let a = tagged_server("127.0.0.1", "A").await;
-    let b = tagged_server("127.0.0.1", "B").await;
+    let a = tagged_server("127.0.0.1", "A:").await;
+    let b = tagged_server("127.0.0.1", "B:").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     std::fs::write(dir.path().join("service.yaml"), service_yaml("move", port)).unwrap();
@@ -714,10 +618,10 @@ async fn convergence(report: &mut Report) {
         |to: SocketAddr| slice_yaml("move-0", "move", "IPv4", to.port(), &[to.ip().to_string()]);
     std::fs::write(dir.path().join("slice.yaml"), slice(a)).unwrap();
     let (xds, _) = serve_dir(dir.path()).await;
-    let envoy = Envoy::start(xds, base + 5).await;
+    let envoy = Envoy::start("envoy/ads-sotw.yaml", xds, "bench").await;
     let ingress: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     poll_until(Duration::from_secs(30), || async {
-        roundtrip(ingress).await.as_deref() == Some("A")
+        answer(ingress).await.as_deref() == Some("A")
     })
     .await
     .expect("traffic through Envoy");
@@ -727,7 +631,7 @@ async fn convergence(report: &mut Report) {
         let start = Instant::now();
         write(&dir.path().join("slice.yaml"), &slice(to));
         poll_until(Duration::from_secs(10), || async {
-            roundtrip(ingress).await.as_deref() == Some(tag)
+            answer(ingress).await.as_deref() == Some(tag)
         })
         .await
         .expect("traffic moved");
@@ -751,8 +655,8 @@ async fn convergence(report: &mut Report) {
     );
 
     // (c) A family flip for 100 Services until every listener forwards to the new family.
-    let v4 = tagged_server("127.0.0.1", "v4").await;
-    let v6 = tagged_server("[::1]", "v6").await;
+    let v4 = tagged_server("127.0.0.1", "v4:").await;
+    let v6 = tagged_server("[::1]", "v6:").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.yaml"), config_yaml("IPv4")).unwrap();
     let mut ports = Vec::new();
@@ -784,13 +688,13 @@ async fn convergence(report: &mut Report) {
         .unwrap();
     }
     let (xds, _) = serve_dir(dir.path()).await;
-    let envoy = Envoy::start(xds, base + 6).await;
+    let envoy = Envoy::start("envoy/ads-sotw.yaml", xds, "bench").await;
     let all_answer = |tag: &'static str| {
         let ports = ports.clone();
         async move {
             for port in &ports {
                 let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-                if roundtrip(addr).await.as_deref() != Some(tag) {
+                if answer(addr).await.as_deref() != Some(tag) {
                     return false;
                 }
             }
