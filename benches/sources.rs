@@ -1,18 +1,25 @@
 //! Sources benchmark (prints figures; not a timed test): the memory the Kubernetes
-//! source keeps for 1,500 EndpointSlices x 100 endpoints (a 150k-pod cluster), and the
-//! time from a watch event to the published snapshot.
+//! source and the model keep for 1,500 EndpointSlices x 100 endpoints (a 150k-pod
+//! cluster), and the time from a watch event to the published snapshot, through the
+//! watch state and the pipeline `serve` runs.
 //!
 //! Run: `cargo bench --bench sources`.
 
+mod report;
+
 use std::time::Instant;
 
-use dualstack_xds::model::Family;
+use dualstack_xds::model::{Family, ObjectKind};
+use dualstack_xds::pipeline::Pipeline;
 use dualstack_xds::snapshot::SnapshotCache;
-use dualstack_xds::sources::kube::{prune_service, prune_slice, KindEvent, KubeState};
-use dualstack_xds::translate::Translator;
+use dualstack_xds::sources::convert::Convert;
+use dualstack_xds::sources::debounce::Instant as SourceInstant;
+use dualstack_xds::sources::kube::{Converted, KubeState};
+use dualstack_xds::sources::{Sink, SourceEvent};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
+use report::Report;
 use serde_json::json;
 
 #[global_allocator]
@@ -104,12 +111,26 @@ fn slices() -> Vec<String> {
     out
 }
 
+/// An object as the watch hands it on: converted as it arrives.
+fn convert<K: Convert>(object: K) -> Converted {
+    Converted {
+        key: object.key(),
+        change: object.change(),
+    }
+}
+
+/// An object received as JSON, converted.
+fn converted<K: Convert + serde::de::DeserializeOwned>(text: &str) -> Converted {
+    convert(serde_json::from_str::<K>(text).unwrap())
+}
+
 fn main() {
     println!(
         "sources benchmark ({} cores): {SERVICES} Services, {} EndpointSlices x {ENDPOINTS} endpoints",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        report::cores(),
         SERVICES * SLICES * 2
     );
+    let mut report = Report::new("sources");
     let texts = slices();
     let wire: usize = texts.iter().map(String::len).sum();
 
@@ -122,102 +143,113 @@ fn main() {
     let received_size = live_heap() - before;
     drop(received);
 
-    // As the source handles them: pruned as they arrive, then converted into the model.
+    // As the source handles them: each object converted as it arrives (nothing else of
+    // it is kept), a list applied as a whole, into the pipeline's model.
     let before = live_heap();
-    let pruned: Vec<EndpointSlice> = texts
-        .iter()
-        .map(|t| prune_slice(serde_json::from_str(t).unwrap()))
-        .collect();
-    let pruned_size = live_heap() - before;
-    let mut state = KubeState::new(2);
-    let services: Vec<Service> = (0..SERVICES)
-        .map(|s| prune_service(serde_json::from_str(&service_json(s)).unwrap()))
-        .collect();
+    let mut state = KubeState::new([ObjectKind::Service, ObjectKind::EndpointSlice]);
+    let cache = SnapshotCache::new();
+    let mut pipeline = Pipeline::new(Family::IPv4, cache.clone(), Default::default());
     let t = Instant::now();
-    state.apply(0, KindEvent::Service(Event::Init));
-    for o in services {
-        state.apply(0, KindEvent::Service(Event::InitApply(o)));
+    let mut changes = Vec::new();
+    state.apply(0, Event::Init);
+    for s in 0..SERVICES {
+        state.apply(0, Event::InitApply(converted::<Service>(&service_json(s))));
     }
-    state.apply(0, KindEvent::Service(Event::InitDone));
-    state.apply(1, KindEvent::Slice(Event::Init));
-    for o in pruned {
-        state.apply(1, KindEvent::Slice(Event::InitApply(o)));
+    changes.extend(state.apply(0, Event::InitDone));
+    state.apply(1, Event::Init);
+    for text in &texts {
+        state.apply(1, Event::InitApply(converted::<EndpointSlice>(text)));
     }
-    state.apply(1, KindEvent::Slice(Event::InitDone));
+    changes.extend(state.apply(1, Event::InitDone));
+    pipeline.send(SourceEvent::Changes {
+        changes,
+        since: SourceInstant::now(),
+    });
     let load = t.elapsed();
     let store_size = live_heap() - before;
-    println!(
-        "objects as received: {:.1} MiB in memory ({:.1} MiB of JSON); pruned before storing: {:.1} MiB",
+    report.add(
+        "objects_received_mib",
+        &format!(
+            "EndpointSlices as received ({:.1} MiB of JSON), in memory",
+            mib(wire as i64)
+        ),
         mib(received_size),
-        mib(wire as i64),
-        mib(pruned_size)
+        "MiB",
+        "",
     );
-    println!(
-        "store (the model; objects are converted, not kept): {:.1} MiB = {:.2}x the pruned objects (target < 2x), {:.2}x the objects as received; initial load {:.0} ms",
+    report.add(
+        "store_mib",
+        "kept by the source and the model (objects converted, not kept)",
         mib(store_size),
-        store_size as f64 / pruned_size as f64,
+        "MiB",
+        "",
+    );
+    report.add(
+        "store_to_received_ratio",
+        "  as a share of the objects as received",
         store_size as f64 / received_size as f64,
-        load.as_secs_f64() * 1e3
+        "x",
+        "< 2x",
+    );
+    report.add(
+        "initial_load_ms",
+        "initial list of every object into the model",
+        load.as_secs_f64() * 1e3,
+        "ms",
+        "",
     );
 
-    // Event -> published snapshot (debouncing adds its quiet period on top).
-    let mut translator = Translator::new(Family::IPv4);
-    let cache = SnapshotCache::new();
+    // The first publication, then watch event -> published snapshot (debouncing adds its
+    // quiet period on top).
     let before = live_heap();
     let t = Instant::now();
-    cache.publish(translator.update(state.model(), None).unwrap());
-    println!(
-        "first translation of 150k endpoints: {:.0} ms, translator + snapshot {:.1} MiB",
+    pipeline.send(SourceEvent::Synced);
+    assert!(cache.current().is_some());
+    report.add(
+        "first_translation_ms",
+        "first translation of the 150,000 endpoints",
         t.elapsed().as_secs_f64() * 1e3,
-        mib(live_heap() - before)
+        "ms",
+        "",
+    );
+    report.add(
+        "translation_mib",
+        "  translator and snapshots",
+        mib(live_heap() - before),
+        "MiB",
+        "",
     );
     let mut samples = Vec::new();
     for round in 1..=50 {
         let s = round % SERVICES;
-        let object: EndpointSlice =
+        let mut object: serde_json::Value =
             serde_json::from_str(&slice_json(s, Family::IPv4, 0, round)).unwrap();
-        let object = {
-            let mut o = prune_slice(object);
-            // One endpoint changes address.
-            o.endpoints[0].addresses = vec![format!("10.200.{}.{}", round >> 8, round & 255)];
-            o
-        };
+        // One endpoint changes address.
+        object["endpoints"][0]["addresses"] =
+            json!([format!("10.200.{}.{}", round >> 8, round & 255)]);
+        let object: EndpointSlice = serde_json::from_value(object).unwrap();
         let t = Instant::now();
-        let changed = state.apply(1, KindEvent::Slice(Event::Apply(object)));
-        let set = translator
-            .update(state.model(), changed.services().as_ref())
-            .unwrap();
-        cache.publish(set);
+        let changes = state.apply(1, Event::Apply(convert(object)));
+        pipeline.send(SourceEvent::Changes {
+            changes,
+            since: SourceInstant::now(),
+        });
         samples.push(t.elapsed().as_secs_f64() * 1e3);
     }
     samples.sort_by(f64::total_cmp);
-    let figures = std::collections::BTreeMap::from([
-        ("objects_received_mib".to_string(), mib(received_size)),
-        ("objects_pruned_mib".to_string(), mib(pruned_size)),
-        ("store_mib".to_string(), mib(store_size)),
-        (
-            "store_to_pruned_ratio".to_string(),
-            store_size as f64 / pruned_size as f64,
-        ),
-        (
-            "event_to_snapshot_p50_ms".to_string(),
-            samples[samples.len() / 2],
-        ),
-        (
-            "event_to_snapshot_p99_ms".to_string(),
-            samples[samples.len() * 99 / 100],
-        ),
-    ]);
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("sources.json"),
-        serde_json::to_string_pretty(&figures).unwrap(),
-    )
-    .unwrap();
-    println!(
-        "watch event -> published snapshot (one slice of a 1,000-endpoint Service changed): p50 {:.3} ms, p99 {:.3} ms (plus the --debounce quiet period, 20 ms by default)",
-        samples[samples.len() / 2],
-        samples[samples.len() * 99 / 100]
+    report.add(
+        "event_to_snapshot_p50_ms",
+        "watch event -> published snapshot (one slice of a 1,000-endpoint Service): p50",
+        report::percentile(&samples, 0.5),
+        "ms",
+        "plus the --debounce quiet period",
     );
+    report.add(
+        "event_to_snapshot_p99_ms",
+        "same, p99",
+        report::percentile(&samples, 0.99),
+        "ms",
+        "",
+    );
+    report.write();
 }

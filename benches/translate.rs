@@ -3,14 +3,15 @@
 //!
 //! Run: `cargo bench --bench translate`.
 
+mod report;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Instant;
 
-use std::sync::Arc;
-
 use dualstack_xds::model::{
-    Endpoint, EndpointState, Endpoints, Family, Model, PortKind, Service, ServiceKey, ServicePort,
-    Slice,
+    Endpoint, EndpointState, Endpoints, Family, Model, ObjectKey, PortKind, Service, ServiceKey,
+    ServicePort, Slice,
 };
 use dualstack_xds::translate::Translator;
 
@@ -42,10 +43,7 @@ fn slice(first: usize, count: usize, v6: bool, port: u16) -> Arc<Slice> {
 fn model(services: usize, endpoints: usize) -> Model {
     let mut model = Model::default();
     for s in 0..services {
-        let key = ServiceKey {
-            namespace: "bench".into(),
-            name: format!("svc-{s}"),
-        };
+        let key = ObjectKey::new("bench", format!("svc-{s}"));
         let service = Service {
             key: key.clone(),
             ports: vec![ServicePort {
@@ -74,21 +72,11 @@ fn model(services: usize, endpoints: usize) -> Model {
     model
 }
 
-fn write_figures(figures: &std::collections::BTreeMap<String, f64>, name: &str) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}.json")),
-        serde_json::to_string_pretty(figures).unwrap(),
-    )
-    .unwrap();
-}
-
 fn main() {
-    let mut figures = std::collections::BTreeMap::new();
+    let mut report = report::Report::new("translate");
     println!(
         "translation benchmark ({} cores; EndpointSlices of {SLICE_SIZE} endpoints)",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        report::cores()
     );
     for (services, endpoints) in [(1, 10_000), (100, 100), (10_000, 1)] {
         let mut m = model(services, endpoints);
@@ -122,16 +110,16 @@ fn main() {
         }
         samples.sort_by(f64::total_cmp);
         let shape = format!("{services}x{endpoints}");
-        figures.insert(
-            format!("{shape}_full_us_per_endpoint"),
+        report.record(
+            &format!("{shape}_full_us_per_endpoint"),
             full.as_secs_f64() * 1e6 / total as f64,
         );
-        figures.insert(
-            format!("{shape}_slice_change_median_ms"),
+        report.record(
+            &format!("{shape}_slice_change_median_ms"),
             samples[samples.len() / 2],
         );
-        figures.insert(
-            format!("{shape}_slice_change_max_ms"),
+        report.record(
+            &format!("{shape}_slice_change_max_ms"),
             *samples.last().unwrap(),
         );
         println!(
@@ -142,5 +130,5 @@ fn main() {
             samples.last().unwrap()
         );
     }
-    write_figures(&figures, "translate");
+    report.write();
 }

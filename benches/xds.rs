@@ -11,6 +11,11 @@
 //! stream like a fleet of Envoys, so the server's memory is measured alone.
 //! Run: `cargo bench --bench xds [-- --streams 1000 --clusters 10000]`.
 
+#[allow(dead_code)]
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
+mod report;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -18,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dualstack_xds::server::{single_group, ClientRegistry, XdsServer};
-use dualstack_xds::snapshot::fixtures::{eds_cluster, load_assignment};
 use dualstack_xds::snapshot::{ResourceType, Snapshot, SnapshotCache, SnapshotSet};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -27,6 +31,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use fixtures::{eds_cluster, load_assignment};
+use report::percentile;
 
 /// Counts live heap bytes, so per-stream memory is measured without the allocator's
 /// retention of transient buffers.
@@ -37,11 +44,12 @@ const ENDPOINTS: usize = 10;
 const ROUNDS: usize = 3;
 
 /// Named figures, written to `target/bench/xds-STREAMSxCLUSTERS.json` at the end.
-static FIGURES: std::sync::Mutex<std::collections::BTreeMap<String, f64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static FIGURES: std::sync::Mutex<Option<report::Report>> = std::sync::Mutex::new(None);
 
 fn figure(key: &str, value: f64) {
-    FIGURES.lock().unwrap().insert(key.to_owned(), value);
+    if let Some(report) = FIGURES.lock().unwrap().as_mut() {
+        report.record(key, value);
+    }
 }
 
 fn live_heap_kib() -> f64 {
@@ -66,13 +74,6 @@ fn unix_nanos() -> u128 {
         .as_nanos()
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 fn cluster_name(i: usize) -> String {
     format!("svc-{i}")
 }
@@ -86,14 +87,6 @@ fn cla(i: usize, generation: usize) -> ClusterLoadAssignment {
         .map(|ip| (ip.as_str(), 8000 + (generation % 50_000) as u16))
         .collect();
     load_assignment(&cluster_name(i), &endpoints)
-}
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {
@@ -111,15 +104,16 @@ fn main() {
         );
         return runtime.block_on(client_main(addr, streams, clusters, delta));
     }
-    let streams = arg(&args, "--streams", 1000);
-    let clusters = arg(&args, "--clusters", 10_000);
+    let streams = report::arg("--streams", 1000) as usize;
+    let clusters = report::arg("--clusters", 10_000) as usize;
+    *FIGURES.lock().unwrap() = Some(report::Report::new(&format!("xds-{streams}x{clusters}")));
     runtime.block_on(server_main(streams, clusters));
 }
 
 async fn server_main(streams: usize, clusters: usize) {
     println!(
         "xDS engine benchmark: {clusters} clusters, {clusters} ClusterLoadAssignments x {ENDPOINTS} endpoints, {streams} streams, {} cores",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        report::cores()
     );
     let heap_start = live_heap_kib();
     let t = Instant::now();
@@ -171,15 +165,9 @@ async fn server_main(streams: usize, clusters: usize) {
         registry.metrics.nacks(ResourceType::Endpoint),
         registry.metrics.responses(ResourceType::Endpoint)
     );
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("xds-{streams}x{clusters}.json"));
-    std::fs::write(
-        &path,
-        serde_json::to_string_pretty(&*FIGURES.lock().unwrap()).unwrap(),
-    )
-    .unwrap();
-    println!("figures written to {}", path.display());
+    if let Some(report) = FIGURES.lock().unwrap().as_ref() {
+        report.write();
+    }
 }
 
 async fn fan_out(

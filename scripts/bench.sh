@@ -23,7 +23,9 @@ else
 fi
 cargo bench --bench translate
 cargo bench --bench sources
-cargo bench --bench load -- --churn-secs "$churn"
+cargo bench --bench bytes_per_change
+cargo bench --bench churn -- --churn-secs "$churn"
+cargo bench --bench convergence
 python3 - <<'PY'
 import glob, json, os, platform, subprocess
 figures = {}

@@ -2,33 +2,29 @@
 //! a flag that nothing reads is a compile error.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::info;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use prometheus_client::registry::Registry;
-
-use crate::admin::{Admin, PipelineMetrics};
+use crate::admin::Admin;
 use crate::bootstrap::{self, BootstrapOptions};
-use crate::model::{Family, ListenerFamilies, ServiceKey};
-use crate::model::{Model, Skipped};
+use crate::model::{Family, ListenerFamilies, ObjectKey};
+use crate::pipeline::{Pipeline, PipelineMetrics};
 use crate::server::{ClientRegistry, XdsServer};
 use crate::snapshot::json::snapshot_json;
 use crate::snapshot::ResourceType;
 use crate::snapshot::SnapshotCache;
-use crate::sources::debounce::Debounce;
-use crate::sources::debounce::Instant;
+use crate::sources::debounce::{Debounce, Instant};
 use crate::sources::kube::{self, SourceMetrics};
 use crate::sources::manifest_watch::{self, ManifestDir};
 use crate::sources::manifests::{self, LabelSelector};
-use crate::sources::objects::{Changed, ModelStore};
-use crate::translate::{self, Translator};
+use crate::sources::{Sink, SourceEvent};
+use crate::translate;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -99,7 +95,7 @@ struct Selection {
     namespaces: Vec<String>,
     /// The ConfigMap whose `primaryFamily` overrides --primary-family.
     #[arg(long, default_value = "dualstack-xds/dualstack-xds", value_parser = parse_namespaced)]
-    config_map: ServiceKey,
+    config_map: ObjectKey,
     /// The primary family: Service endpoints of this family are served.
     #[arg(long, default_value = "ipv4")]
     primary_family: Family,
@@ -115,13 +111,10 @@ impl Selection {
     }
 }
 
-fn parse_namespaced(s: &str) -> Result<ServiceKey, String> {
+fn parse_namespaced(s: &str) -> Result<ObjectKey, String> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
-            Ok(ServiceKey {
-                namespace: ns.into(),
-                name: name.into(),
-            })
+            Ok(ObjectKey::new(ns, name))
         }
         _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
     }
@@ -201,19 +194,17 @@ impl Serve {
         let cache = SnapshotCache::new();
         let clients = ClientRegistry::new();
         let source_metrics = SourceMetrics::default();
-        let pipeline = PipelineMetrics::default();
+        let pipeline_metrics = PipelineMetrics::default();
         let mut registry = Registry::with_prefix("dualstack_xds");
         clients.metrics.register(&mut registry);
         source_metrics.register(&mut registry);
-        pipeline.register(&mut registry);
-        let ready = Arc::new(AtomicBool::new(false));
-        let skipped = Arc::new(std::sync::Mutex::new(Vec::new()));
+        pipeline_metrics.register(&mut registry);
+        let pipeline = Pipeline::new(selection.primary_family, cache.clone(), pipeline_metrics);
         let admin = Admin {
-            ready: ready.clone(),
+            pipeline: pipeline.status(),
             registry: Arc::new(registry),
             cache: cache.clone(),
             clients: clients.clone(),
-            skipped: skipped.clone(),
         };
         let admin_listener = TcpListener::bind(admin_addr)
             .await
@@ -228,28 +219,12 @@ impl Serve {
             quiet: debounce,
             max_delay: debounce_max.max(debounce),
         };
-        let mut publisher = Publisher {
-            translator: Translator::new(selection.primary_family),
-            cache: cache.clone(),
-            metrics: pipeline,
-            skipped,
-        };
         match manifests {
             Some(dir) => {
                 let source = ManifestDir::load(&dir, selection.filter())
                     .with_context(|| format!("reading {}", dir.display()))?;
-                let mut store = ModelStore::default();
-                let mut on_change = move |source: &ManifestDir, since: Option<Instant>| {
-                    let changed = store.sync(source.objects());
-                    publisher.publish(store.model(), changed, since);
-                };
-                on_change(&source, None);
-                ready.store(true, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let watched = manifest_watch::watch(source, debounce, |source, since| {
-                        on_change(source, Some(since))
-                    });
-                    if let Err(error) = watched.await {
+                    if let Err(error) = manifest_watch::run(source, debounce, pipeline).await {
                         tracing::error!(%error, "watching the manifest directory failed; serving the last configuration");
                     }
                 });
@@ -261,14 +236,7 @@ impl Serve {
                     namespaces: selection.namespaces.clone(),
                     config_map: selection.config_map.clone(),
                 };
-                tokio::spawn(kube::run(
-                    client,
-                    scope,
-                    debounce,
-                    source_metrics,
-                    ready,
-                    move |model, changed, since| publisher.publish(model, changed, Some(since)),
-                ));
+                tokio::spawn(kube::run(client, scope, debounce, source_metrics, pipeline));
             }
         }
         let listener = TcpListener::bind(xds_addr)
@@ -299,52 +267,6 @@ async fn kube_client(kubeconfig: Option<&Path>) -> anyhow::Result<::kube::Client
     ::kube::Client::try_from(config).context("creating the Kubernetes client")
 }
 
-/// Translates what changed and publishes it.
-struct Publisher {
-    translator: Translator,
-    cache: SnapshotCache,
-    metrics: PipelineMetrics,
-    skipped: Arc<std::sync::Mutex<Vec<Skipped>>>,
-}
-
-impl Publisher {
-    /// `since`: when the change was first seen.
-    fn publish(&mut self, model: &Model, changed: Changed, since: Option<Instant>) {
-        if changed.is_nothing() && self.cache.current().is_some() {
-            return;
-        }
-        let started = std::time::Instant::now();
-        let result = self.translator.update(model, changed.services().as_ref());
-        let translation = started.elapsed();
-        let skipped: Vec<Skipped> = model
-            .skipped()
-            .chain(self.translator.conflicts().iter())
-            .cloned()
-            .collect();
-        for s in &skipped {
-            tracing::warn!(kind = %s.kind, namespace = %s.namespace, name = %s.name, reason = %s.reason, "skipping an invalid object");
-        }
-        match result {
-            Ok(set) => {
-                self.cache.publish(set);
-                self.metrics.published(
-                    model,
-                    skipped.len(),
-                    translation,
-                    since.map(|s| s.elapsed()),
-                );
-                info!(
-                    services = model.services.len(),
-                    translation_ms = translation.as_secs_f64() * 1e3,
-                    "configuration published"
-                );
-            }
-            Err(error) => tracing::error!(%error, "not publishing an inconsistent snapshot"),
-        }
-        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()) = skipped;
-    }
-}
-
 impl Render {
     fn run(self) -> anyhow::Result<()> {
         let Render {
@@ -352,24 +274,31 @@ impl Render {
             node_families,
             selection,
         } = self;
-        let (objects, errors) = manifests::load_dir(&manifests, &selection.filter())
+        let mut dir = ManifestDir::load(&manifests, selection.filter())
             .with_context(|| format!("reading {}", manifests.display()))?;
-        for error in &errors {
+        for error in dir.errors() {
             eprintln!("warning: skipping {error}");
         }
-        let model = objects.to_model();
-        let mut translator = Translator::new(selection.primary_family);
-        let set = translator.update(&model, None)?;
+        // The pipeline `serve` runs, on the directory's objects, once.
+        let cache = SnapshotCache::new();
+        let mut pipeline = Pipeline::new(
+            selection.primary_family,
+            cache.clone(),
+            PipelineMetrics::default(),
+        );
+        pipeline.send(SourceEvent::Changes {
+            changes: dir.take_changes(),
+            since: Instant::now(),
+        });
+        pipeline.send(SourceEvent::Synced);
+        let set = cache
+            .current()
+            .context("the configuration could not be translated")?;
         let snapshot = set
             .get(&node_families.to_string())
             .context("no snapshot for these listener families")?;
         let mut json = snapshot_json(snapshot);
-        let skipped: Vec<_> = model
-            .skipped()
-            .chain(translator.conflicts().iter())
-            .cloned()
-            .collect();
-        json["skipped"] = serde_json::to_value(skipped)?;
+        json["skipped"] = serde_json::to_value(pipeline.status().skipped())?;
         println!("{}", serde_json::to_string_pretty(&json)?);
         Ok(())
     }

@@ -119,45 +119,32 @@ fn bad_flags_and_addresses_exit_2_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("brackets"));
 }
 
-fn manifests(dir: &std::path::Path, listener_port: u16, backend: std::net::SocketAddr) {
-    std::fs::write(
-        dir.join("app.yaml"),
-        format!(
-            r#"apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: shop
-  labels: {{dualstack-xds.io/expose: "true"}}
-  annotations: {{dualstack-xds.io/listener-ports: "80={listener_port}"}}
-spec:
-  ports: [{{name: tcp, port: 80}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-v4
-  namespace: shop
-  labels: {{kubernetes.io/service-name: echo}}
-addressType: IPv4
-ports: [{{name: tcp, port: {}}}]
-endpoints: [{{addresses: ["{}"]}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-broken
-  namespace: shop
-  labels: {{kubernetes.io/service-name: echo}}
-addressType: IPv6
-ports: [{{name: tcp, port: 80}}]
-endpoints: [{{addresses: ["10.9.9.9"]}}]
-"#,
-            backend.port(),
-            backend.ip()
-        ),
-    )
-    .unwrap();
+/// The echo Service and its slice; with `broken`, a second slice whose IPv4 address in an
+/// IPv6 slice gets it skipped with a reason (without, that slice is empty).
+fn write_manifests(
+    dir: &std::path::Path,
+    listener_port: u16,
+    backend: std::net::SocketAddr,
+    broken: bool,
+) {
+    let broken_slice = manifests::slice("shop", "echo-broken", "echo", "IPv6").port("tcp", 80);
+    let objects = [
+        manifests::service("shop", "echo")
+            .annotate(
+                "dualstack-xds.io/listener-ports",
+                &format!("80={listener_port}"),
+            )
+            .port("tcp", 80),
+        manifests::slice("shop", "echo-v4", "echo", "IPv4")
+            .port("tcp", backend.port())
+            .endpoint(&backend.ip().to_string()),
+        if broken {
+            broken_slice.endpoint("10.9.9.9")
+        } else {
+            broken_slice
+        },
+    ];
+    std::fs::write(dir.join("app.yaml"), manifests::yaml(&objects)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +153,7 @@ async fn admin_endpoints_status_and_metrics_describe_a_live_envoy() {
     let listener_port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = tempfile::tempdir().unwrap();
-    manifests(config.path(), listener_port, backend);
+    write_manifests(config.path(), listener_port, backend, true);
     let serve = ServeProcess::start(
         dir,
         &["--manifests".into(), config.path().display().to_string()],
@@ -250,13 +237,7 @@ async fn admin_endpoints_status_and_metrics_describe_a_live_envoy() {
 
     // A change: the change-to-push histogram and the publish counter move.
     let publishes = serve.metric("dualstack_xds_snapshot_publishes_total").await;
-    let changed = std::fs::read_to_string(config.path().join("app.yaml"))
-        .unwrap()
-        .replace(
-            "name: tcp, port: 80}]\nendpoints: [{addresses: [\"10.9.9.9\"]}]",
-            "name: tcp, port: 80}]\nendpoints: []",
-        );
-    std::fs::write(config.path().join("app.yaml"), changed).unwrap();
+    write_manifests(config.path(), listener_port, backend, false);
     eventually(
         "a publication after the edit",
         Duration::from_secs(10),

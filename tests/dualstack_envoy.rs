@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use dualstack_xds::model::Family;
-use dualstack_xds::translate::{node_group, Translator};
+use dualstack_xds::translate::node_group;
 
 struct Backends {
     tcp4: SocketAddr,
@@ -28,117 +28,29 @@ struct Ports {
     http: u16,
 }
 
-fn slice(
-    name: &str,
-    service: &str,
-    family: &str,
-    ip: &str,
-    port_name: &str,
-    port: u16,
-    protocol: &str,
-) -> String {
-    format!(
-        r#"---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}
-  namespace: test
-  labels: {{kubernetes.io/service-name: {service}}}
-addressType: {family}
-ports: [{{name: {port_name}, port: {port}, protocol: {protocol}}}]
-endpoints:
-- addresses: ["{ip}"]
-  conditions: {{ready: true}}
-"#
-    )
-}
-
 fn write_manifests(dir: &Path, b: &Backends, p: &Ports, primary: &str) {
-    let mut text = format!(
-        r#"apiVersion: v1
-kind: ConfigMap
-metadata: {{name: dualstack-xds, namespace: dualstack-xds}}
-data: {{primaryFamily: {primary}}}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: echo
-  namespace: test
-  labels: {{dualstack-xds.io/expose: "true"}}
-  annotations: {{dualstack-xds.io/listener-ports: "7={tcp}"}}
-spec: {{ports: [{{name: echo, port: 7}}]}}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: uecho
-  namespace: test
-  labels: {{dualstack-xds.io/expose: "true"}}
-  annotations: {{dualstack-xds.io/listener-ports: "7={udp}"}}
-spec: {{ports: [{{name: uecho, port: 7, protocol: UDP}}]}}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: test
-  labels: {{dualstack-xds.io/expose: "true"}}
-  annotations: {{dualstack-xds.io/listener-ports: "80={http}"}}
-spec: {{ports: [{{name: http, port: 80, appProtocol: http}}]}}
-"#,
-        tcp = p.tcp,
-        udp = p.udp,
-        http = p.http
-    );
-    text += &slice(
-        "echo-4",
-        "echo",
-        "IPv4",
-        "127.0.0.1",
-        "echo",
-        b.tcp4.port(),
-        "TCP",
-    );
-    text += &slice(
-        "echo-6",
-        "echo",
-        "IPv6",
-        "::1",
-        "echo",
-        b.tcp6.port(),
-        "TCP",
-    );
-    text += &slice(
-        "uecho-4",
-        "uecho",
-        "IPv4",
-        "127.0.0.1",
-        "uecho",
-        b.udp4.port(),
-        "UDP",
-    );
-    text += &slice(
-        "uecho-6",
-        "uecho",
-        "IPv6",
-        "::1",
-        "uecho",
-        b.udp6.port(),
-        "UDP",
-    );
-    text += &slice(
-        "web-4",
-        "web",
-        "IPv4",
-        "127.0.0.1",
-        "http",
-        b.http4.port(),
-        "TCP",
-    );
-    text += &slice("web-6", "web", "IPv6", "::1", "http", b.http6.port(), "TCP");
-    std::fs::write(dir.join("services.yaml"), text).unwrap();
+    let service = |name: &str, port: u16, listener: u16| {
+        manifests::service("test", name).annotate(
+            "dualstack-xds.io/listener-ports",
+            &format!("{port}={listener}"),
+        )
+    };
+    let slice = |name: &str, service: &str, family: &str, ip: &str| {
+        manifests::slice("test", name, service, family).endpoint(ip)
+    };
+    let objects = [
+        manifests::config_map(primary),
+        service("echo", 7, p.tcp).port("echo", 7),
+        service("uecho", 7, p.udp).udp_port("uecho", 7),
+        service("web", 80, p.http).app_port("http", 80, "http"),
+        slice("echo-4", "echo", "IPv4", "127.0.0.1").port("echo", b.tcp4.port()),
+        slice("echo-6", "echo", "IPv6", "::1").port("echo", b.tcp6.port()),
+        slice("uecho-4", "uecho", "IPv4", "127.0.0.1").udp_port("uecho", b.udp4.port()),
+        slice("uecho-6", "uecho", "IPv6", "::1").udp_port("uecho", b.udp6.port()),
+        slice("web-4", "web", "IPv4", "127.0.0.1").port("http", b.http4.port()),
+        slice("web-6", "web", "IPv6", "::1").port("http", b.http6.port()),
+    ];
+    std::fs::write(dir.join("services.yaml"), manifests::yaml(&objects)).unwrap();
 }
 
 fn addr(ip: &str, port: u16) -> SocketAddr {
@@ -169,8 +81,7 @@ async fn setup(primary: &str) -> (Backends, Ports, tempfile::TempDir) {
 async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
     let (backends, ports, dir) = setup("IPv4").await;
     let server = start_server_with(Arc::new(node_group)).await;
-    let mut translator = Translator::new(Family::IPv6);
-    publish_manifests(dir.path(), &mut translator, &server.cache);
+    let mut manifests = ManifestPublisher::new(dir.path(), Family::IPv6, &server.cache);
     let envoy = Envoy::start("envoy/ads-sotw.yaml", server.addr, "dual").await;
     envoy
         .wait_stat("listener_manager.lds.update_success", 1)
@@ -216,7 +127,7 @@ async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
     let eds = envoy.stat("cluster.test/echo_7.update_success").await;
     assert!(eds >= 1, "EDS stat name");
     write_manifests(dir.path(), &backends, &ports, "IPv6");
-    publish_manifests(dir.path(), &mut translator, &server.cache);
+    manifests.publish();
     let tcp4 = eventually(
         "TCP to the IPv6 backend",
         Duration::from_secs(20),
@@ -262,8 +173,7 @@ async fn nat64_then_nat46_on_loopback_with_a_flip_that_is_an_eds_push() {
 async fn an_ipv4_only_node_gets_only_ipv4_listeners() {
     let (_backends, ports, dir) = setup("IPv4").await;
     let server = start_server_with(Arc::new(node_group)).await;
-    let mut translator = Translator::new(Family::IPv4);
-    publish_manifests(dir.path(), &mut translator, &server.cache);
+    ManifestPublisher::new(dir.path(), Family::IPv4, &server.cache);
     let overlay = r#"{"node": {"metadata": {"dualstack-xds.io/listener-families": "IPv4"}}}"#;
     let envoy = Envoy::start_with(
         "envoy/ads-delta.yaml",

@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::service::status::v3::ClientStatusRequest;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::fixtures::*;
 use common::*;
-use dualstack_xds::snapshot::fixtures::*;
 use dualstack_xds::snapshot::{ResourceType, Snapshot, SnapshotSet};
 
 /// One TCP service: cluster `echo` with `backend` as its endpoint, a listener on `port`.

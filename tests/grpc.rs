@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::fixtures::*;
 use common::*;
-use dualstack_xds::snapshot::fixtures::*;
 use dualstack_xds::snapshot::{ResourceType, Snapshot, SnapshotSet};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::apiserver::{FakeApiServer, Kind};
+use common::manifests::{self, Object};
 use common::*;
 use dualstack_xds::snapshot::ResourceType;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -25,41 +26,19 @@ use tokio_stream::wrappers::ReceiverStream;
 const NS: &str = "shop";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn service(name: &str, annotations: Value) -> Value {
-    json!({
-        "kind": "Service",
-        "metadata": {
-            "name": name, "namespace": NS,
-            "labels": {"dualstack-xds.io/expose": "true"},
-            "annotations": annotations,
-        },
-        "spec": {"ports": [{"name": "tcp", "port": 80, "protocol": "TCP"}]},
-    })
+/// An exposed Service in the test namespace with one TCP port.
+fn service(name: &str) -> Object {
+    manifests::service(NS, name).port("tcp", 80)
 }
 
 fn slice(name: &str, service: &str, family: &str, addresses: &[&str]) -> Value {
-    let endpoints: Vec<Value> = addresses
+    addresses
         .iter()
-        .map(|a| json!({"addresses": [a], "conditions": {"ready": true}}))
-        .collect();
-    json!({
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name, "namespace": NS,
-            "labels": {"kubernetes.io/service-name": service},
-        },
-        "addressType": family,
-        "ports": [{"name": "tcp", "port": 8080}],
-        "endpoints": endpoints,
-    })
-}
-
-fn config_map(family: &str) -> Value {
-    json!({
-        "kind": "ConfigMap",
-        "metadata": {"name": "dualstack-xds", "namespace": "dualstack-xds"},
-        "data": {"primaryFamily": family},
-    })
+        .fold(
+            manifests::slice(NS, name, service, family).port("tcp", 8080),
+            |slice, a| slice.endpoint(a),
+        )
+        .json()
 }
 
 /// The server binary watching the fake API server.
@@ -230,12 +209,14 @@ fn addresses(cla: &ClusterLoadAssignment) -> Vec<String> {
 /// The example shop: one exposed Service with slices of both families, one Service
 /// that is not exposed (the selector leaves it out), the mode ConfigMap absent.
 fn seed(api: &FakeApiServer) {
-    api.apply(service("web", json!({})));
+    api.apply(service("web").json());
     api.apply(slice("web-v4", "web", "IPv4", &["10.1.0.1", "10.1.0.2"]));
     api.apply(slice("web-v6", "web", "IPv6", &["fd00:1::1"]));
-    let mut hidden = service("internal", json!({}));
-    hidden["metadata"]["labels"] = json!({});
-    api.apply(hidden);
+    api.apply(
+        service("internal")
+            .set("/metadata/labels", json!({}))
+            .json(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,16 +261,11 @@ async fn adds_modifies_and_deletes_of_each_kind_reach_an_open_stream() {
     observer.wait_clusters("initial", &["shop/web:80"]).await;
 
     // Service: add, modify (a second port), delete.
-    api.apply(service("api", json!({})));
+    api.apply(service("api").json());
     observer
         .wait_clusters("added Service", &["shop/api:80", "shop/web:80"])
         .await;
-    let mut two_ports = service("api", json!({}));
-    two_ports["spec"]["ports"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"name": "admin", "port": 9000}));
-    api.apply(two_ports);
+    api.apply(service("api").port("admin", 9000).json());
     observer
         .wait_clusters(
             "modified Service",
@@ -324,15 +300,15 @@ async fn adds_modifies_and_deletes_of_each_kind_reach_an_open_stream() {
         .await;
 
     // ConfigMap: created with IPv6 flips the family, modified back, deleted.
-    api.apply(config_map("IPv6"));
+    api.apply(manifests::config_map("IPv6").json());
     observer
         .wait_endpoints("flipped to IPv6", "shop/web:80", &["fd00:1::1"])
         .await;
-    api.apply(config_map("IPv4"));
+    api.apply(manifests::config_map("IPv4").json());
     observer
         .wait_endpoints("flipped back", "shop/web:80", &["10.1.0.1", "10.1.0.2"])
         .await;
-    api.apply(config_map("IPv6"));
+    api.apply(manifests::config_map("IPv6").json());
     observer
         .wait_endpoints("flipped again", "shop/web:80", &["fd00:1::1"])
         .await;
@@ -346,9 +322,7 @@ async fn adds_modifies_and_deletes_of_each_kind_reach_an_open_stream() {
         .await;
 
     // A Service that leaves the selector is withdrawn.
-    let mut unlabelled = service("web", json!({}));
-    unlabelled["metadata"]["labels"] = json!({});
-    api.apply(unlabelled);
+    api.apply(service("web").set("/metadata/labels", json!({})).json());
     observer
         .wait_clusters("Service left the selector", &[])
         .await;
@@ -359,7 +333,7 @@ async fn a_forced_relist_never_withdraws_a_service() {
     let api = FakeApiServer::start_new().await;
     seed(&api);
     for i in 0..20 {
-        api.apply(service(&format!("svc-{i:02}"), json!({})));
+        api.apply(service(&format!("svc-{i:02}")).json());
     }
     let serve = serve_kube(&api, &[]);
     serve.wait_ready().await;
@@ -376,7 +350,7 @@ async fn a_forced_relist_never_withdraws_a_service() {
         // relists (kube backs off between attempts). A Service is added meanwhile, so
         // the relist carries news.
         api.expire();
-        api.apply(service(&format!("late-{round}"), json!({})));
+        api.apply(service(&format!("late-{round}")).json());
         eventually("the relist's news", Duration::from_secs(60), || async {
             (observer.clusters()?.len() == 22 + round).then_some(())
         })
@@ -436,10 +410,8 @@ async fn losing_the_api_server_keeps_serving_and_reconnects() {
 async fn only_the_namespaces_given_are_watched() {
     let api = FakeApiServer::start_new().await;
     seed(&api);
-    let mut elsewhere = service("web", json!({}));
-    elsewhere["metadata"]["namespace"] = json!("other");
-    api.apply(elsewhere);
-    api.apply(config_map("IPv6"));
+    api.apply(manifests::service("other", "web").port("tcp", 80).json());
+    api.apply(manifests::config_map("IPv6").json());
     let serve = serve_kube(&api, &["--namespace", NS]);
     serve.wait_ready().await;
     let observer = Observer::open(serve.xds).await;

@@ -5,28 +5,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dualstack_xds::model::{Family, ServiceKey};
+mod common;
+
+use dualstack_xds::model::Family;
+use dualstack_xds::pipeline::Pipeline;
 use dualstack_xds::snapshot::{ResourceType, SnapshotCache, SnapshotSet};
 use dualstack_xds::sources::debounce::Debounce;
-use dualstack_xds::sources::manifest_watch::{watch, ManifestDir};
-use dualstack_xds::sources::manifests::Filter;
-use dualstack_xds::translate::Translator;
+use dualstack_xds::sources::manifest_watch::{run, ManifestDir};
+use dualstack_xds::sources::{Sink, SourceEvent};
 
 fn service(name: &str, ip: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: t, labels: {{dualstack-xds.io/expose: "true"}}}}
-spec: {{ports: [{{name: p, port: 80}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: t, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{name: p, port: 8080}}]
-endpoints: [{{addresses: ["{ip}"]}}]
-"#
-    )
+    common::manifests::yaml(&[
+        common::manifests::service("t", name).port("p", 80),
+        common::manifests::slice("t", &format!("{name}-1"), name, "IPv4")
+            .port("p", 8080)
+            .endpoint(ip),
+    ])
 }
 
 struct Live {
@@ -35,40 +29,39 @@ struct Live {
     dir: tempfile::TempDir,
 }
 
+/// The pipeline, counting the changes it is handed.
+struct Counting {
+    pipeline: Pipeline,
+    changes: Arc<AtomicUsize>,
+}
+
+impl Sink for Counting {
+    fn send(&mut self, event: SourceEvent) {
+        if matches!(event, SourceEvent::Changes { .. }) {
+            self.changes.fetch_add(1, Ordering::SeqCst);
+        }
+        self.pipeline.send(event);
+    }
+}
+
 async fn start(files: &[(&str, String)]) -> Live {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    let filter = Filter {
-        service_selector: "dualstack-xds.io/expose=true".parse().unwrap(),
-        namespaces: vec![],
-        config_map: ServiceKey {
-            namespace: "dualstack-xds".into(),
-            name: "dualstack-xds".into(),
-        },
-    };
-    let source = ManifestDir::load(dir.path(), filter).unwrap();
+    let source = ManifestDir::load(dir.path(), common::default_filter()).unwrap();
     let cache = SnapshotCache::new();
     let publications = Arc::new(AtomicUsize::new(0));
-    let mut translator = Translator::new(Family::IPv4);
-    let mut publish = {
-        let (cache, publications) = (cache.clone(), publications.clone());
-        move |source: &ManifestDir, _since| {
-            let set = translator
-                .update(&source.objects().to_model(), None)
-                .unwrap();
-            cache.publish(set);
-            publications.fetch_add(1, Ordering::SeqCst);
-        }
+    let sink = Counting {
+        pipeline: Pipeline::new(Family::IPv4, cache.clone(), Default::default()),
+        changes: publications.clone(),
     };
-    publish(&source, dualstack_xds::sources::debounce::Instant::now());
     let debounce = Debounce {
         quiet: Duration::from_millis(50),
         max_delay: Duration::from_millis(400),
     };
-    tokio::spawn(watch(source, debounce, publish));
-    // inotify watches are in place once `watch` has run; give it a moment.
+    tokio::spawn(run(source, debounce, sink));
+    // inotify watches are in place once `run` has started; give it a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
     Live {
         cache,

@@ -26,7 +26,7 @@ use common::*;
 use dualstack_xds::model::Family;
 use dualstack_xds::server::{ClientRegistry, XdsServer};
 use dualstack_xds::snapshot::SnapshotCache;
-use dualstack_xds::translate::{node_group, Translator};
+use dualstack_xds::translate::node_group;
 
 const ING_C4: &str = "10.64.4.1";
 const C4: &str = "10.64.4.2";
@@ -240,76 +240,50 @@ async fn http_from(ns: &str, to: SocketAddr) -> Option<String> {
         .unwrap()
 }
 
-fn manifests(dir: &Path, primary: &str) {
-    let service = |name: &str, port: u16, listener: u16, extra: &str, spec_port: &str| {
-        format!(
-            r#"---
-apiVersion: v1
-kind: Service
-metadata:
-  name: {name}
-  namespace: t
-  labels: {{dualstack-xds.io/expose: "true"}}
-  annotations: {{dualstack-xds.io/listener-ports: "{port}={listener}"{extra}}}
-spec: {{ports: [{{name: p, port: {port}{spec_port}}}]}}
-"#
-        )
+fn write_manifests(dir: &Path, primary: &str) {
+    let service = |name: &str, port: u16, listener: u16| {
+        manifests::service("t", name)
+            .annotate(
+                "dualstack-xds.io/listener-ports",
+                &format!("{port}={listener}"),
+            )
+            .port("p", port)
     };
-    let slice = |name: &str, service: &str, family: &str, addr: &str, port: u16, proto: &str| {
-        format!(
-            r#"---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}
-  namespace: t
-  labels: {{kubernetes.io/service-name: {service}}}
-addressType: {family}
-ports: [{{name: p, port: {port}, protocol: {proto}}}]
-endpoints: [{{addresses: ["{addr}"], conditions: {{ready: true}}}}]
-"#
-        )
+    let slice = |name: &str, service: &str, family: &str, addr: &str, port: u16, udp: bool| {
+        let slice = manifests::slice("t", name, service, family);
+        let slice = if udp {
+            slice.udp_port("p", port)
+        } else {
+            slice.port("p", port)
+        };
+        slice.endpoint(addr)
     };
-    let mut text = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: dualstack-xds, namespace: dualstack-xds}}\ndata: {{primaryFamily: {primary}}}\n"
-    );
-    text += &service("echo", 7, ECHO, "", "");
-    text += &service(
-        "pinned",
-        8,
-        PINNED,
-        r#", dualstack-xds.io/primary-family: "IPv6""#,
-        "",
-    );
-    text += &service(
-        "pp",
-        9,
-        PROXY,
-        r#", dualstack-xds.io/proxy-protocol: "v1""#,
-        "",
-    );
-    text += &service(
-        "fo",
-        10,
-        FAILOVER,
-        r#", dualstack-xds.io/failover: "true""#,
-        "",
-    );
-    text += &service("udp", 53, UDP, "", ", protocol: UDP");
-    text += &service("web", 80, WEB, "", ", appProtocol: http");
-    for (svc, port, proto) in [
-        ("echo", B_ECHO, "TCP"),
-        ("pinned", B_ECHO, "TCP"),
-        ("pp", B_PROXY, "TCP"),
-        ("udp", B_UDP, "UDP"),
-        ("web", B_WEB, "TCP"),
+    let mut objects = vec![
+        manifests::config_map(primary),
+        service("echo", 7, ECHO),
+        service("pinned", 8, PINNED).annotate("dualstack-xds.io/primary-family", "IPv6"),
+        service("pp", 9, PROXY).annotate("dualstack-xds.io/proxy-protocol", "v1"),
+        service("fo", 10, FAILOVER).annotate("dualstack-xds.io/failover", "true"),
+        manifests::service("t", "udp")
+            .annotate("dualstack-xds.io/listener-ports", &format!("53={UDP}"))
+            .udp_port("p", 53),
+        manifests::service("t", "web")
+            .annotate("dualstack-xds.io/listener-ports", &format!("80={WEB}"))
+            .app_port("p", 80, "http"),
+    ];
+    for (svc, port, udp) in [
+        ("echo", B_ECHO, false),
+        ("pinned", B_ECHO, false),
+        ("pp", B_PROXY, false),
+        ("udp", B_UDP, true),
+        ("web", B_WEB, false),
     ] {
-        text += &slice(&format!("{svc}-4"), svc, "IPv4", B4, port, proto);
-        text += &slice(&format!("{svc}-6"), svc, "IPv6", B6, port, proto);
+        objects.push(slice(&format!("{svc}-4"), svc, "IPv4", B4, port, udp));
+        objects.push(slice(&format!("{svc}-6"), svc, "IPv6", B6, port, udp));
     }
     // The failover Service has endpoints only in IPv6.
-    text += &slice("fo-6", "fo", "IPv6", B6, B_ECHO, "TCP");
-    std::fs::write(dir.join("all.yaml"), text).unwrap();
+    objects.push(slice("fo-6", "fo", "IPv6", B6, B_ECHO, false));
+    std::fs::write(dir.join("all.yaml"), manifests::yaml(&objects)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,9 +299,8 @@ async fn nat64_and_nat46_across_single_family_hosts() {
     let server = XdsServer::new(cache.clone(), Arc::new(node_group), ClientRegistry::new());
     tokio::spawn(server.serve(xds, std::future::pending()));
     let dir = tempfile::tempdir().unwrap();
-    manifests(dir.path(), "IPv4");
-    let mut translator = Translator::new(Family::IPv6);
-    publish_manifests(dir.path(), &mut translator, &cache);
+    write_manifests(dir.path(), "IPv4");
+    let mut manifests = ManifestPublisher::new(dir.path(), Family::IPv6, &cache);
     let envoy = Envoy::start_in_netns(&ing, "envoy/ads-sotw.yaml", xds_addr, "ingress").await;
     envoy
         .wait_stat("listener_manager.lds.update_success", 1)
@@ -425,8 +398,8 @@ async fn nat64_and_nat46_across_single_family_hosts() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cds = envoy.stat("cluster_manager.cds.update_success").await;
-    manifests(dir.path(), "IPv6");
-    publish_manifests(dir.path(), &mut translator, &cache);
+    write_manifests(dir.path(), "IPv6");
+    manifests.publish();
     // NAT46: the IPv4-only client now reaches the IPv6-only backend.
     let reply = eventually("NAT46 after the flip", Duration::from_secs(30), || async {
         tcp_from(&c4, sa(ING_C4, ECHO), "v4 client")

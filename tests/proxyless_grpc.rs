@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 use dualstack_xds::snapshot::{ResourceType, Snapshot, SnapshotSet};
-use dualstack_xds::translate::{self, GRPC_GROUP};
+use dualstack_xds::translate::{self, PROXYLESS_GROUP};
 use envoy_types::pb::envoy::config::core::v3::{
     config_source, AggregatedConfigSource, ConfigSource,
 };
@@ -78,49 +78,22 @@ async fn greeter(bind: &str, tag: &str) -> (Py, u16) {
 fn write_manifests(dir: &std::path::Path, family: &str, v4_port: u16, v6_port: u16) {
     std::fs::write(
         dir.join("config.yaml"),
-        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: dualstack-xds, namespace: dualstack-xds}}\ndata: {{primaryFamily: {family}}}\n"),
+        manifests::yaml(&[manifests::config_map(family)]),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("greeter.yaml"),
-        format!(
-            r#"apiVersion: v1
-kind: Service
-metadata:
-  name: greeter
-  namespace: shop
-  labels: {{dualstack-xds.io/expose: "true"}}
-  annotations: {{dualstack-xds.io/ingress: "false"}}
-spec:
-  ports: [{{name: grpc, port: 50051, appProtocol: grpc}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: greeter-v4
-  namespace: shop
-  labels: {{kubernetes.io/service-name: greeter}}
-addressType: IPv4
-ports: [{{name: grpc, port: {v4_port}}}]
-endpoints:
-- addresses: ["127.0.0.1"]
-  targetRef: {{kind: Pod, name: greeter-0, namespace: shop}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: greeter-v6
-  namespace: shop
-  labels: {{kubernetes.io/service-name: greeter}}
-addressType: IPv6
-ports: [{{name: grpc, port: {v6_port}}}]
-endpoints:
-- addresses: ["::1"]
-  targetRef: {{kind: Pod, name: greeter-0, namespace: shop}}
-"#
-        ),
-    )
-    .unwrap();
+    let pod = serde_json::json!({"kind": "Pod", "name": "greeter-0", "namespace": "shop"});
+    let objects = [
+        manifests::service("shop", "greeter")
+            .annotate("dualstack-xds.io/ingress", "false")
+            .app_port("grpc", 50051, "grpc"),
+        manifests::slice("shop", "greeter-v4", "greeter", "IPv4")
+            .port("grpc", v4_port)
+            .endpoint_with(serde_json::json!({"addresses": ["127.0.0.1"], "targetRef": pod})),
+        manifests::slice("shop", "greeter-v6", "greeter", "IPv6")
+            .port("grpc", v6_port)
+            .endpoint_with(serde_json::json!({"addresses": ["::1"], "targetRef": pod})),
+    ];
+    std::fs::write(dir.join("greeter.yaml"), manifests::yaml(&objects)).unwrap();
 }
 
 fn grpc_bootstrap(dir: &std::path::Path, node: &str, xds: SocketAddr) -> String {
@@ -222,7 +195,7 @@ async fn grpcio_resolves_xds_targets_and_follows_the_primary_family() {
     assert!(!mine.is_empty(), "{clients}");
     let mut listener_names = 0;
     for stream in mine {
-        assert_eq!(stream["group"], GRPC_GROUP);
+        assert_eq!(stream["group"], PROXYLESS_GROUP);
         let lds = stream["types"]
             .as_array()
             .unwrap()
@@ -269,12 +242,9 @@ async fn a_resource_grpc_rejects_is_reported_as_a_nack() {
     };
     let mut b = Snapshot::builder();
     b.upsert(&listener)
-        .upsert(&dualstack_xds::snapshot::fixtures::route_to(
-            "bad-route",
-            "nowhere",
-        ));
+        .upsert(&common::fixtures::route_to("bad-route", "nowhere"));
     let mut set = SnapshotSet::default();
-    set.insert(GRPC_GROUP, b.build().unwrap());
+    set.insert(PROXYLESS_GROUP, b.build().unwrap());
     server.cache.publish(set);
     let dir = tempfile::tempdir().unwrap();
     let bootstrap = grpc_bootstrap(dir.path(), "py-nack", server.addr);
@@ -285,11 +255,10 @@ async fn a_resource_grpc_rejects_is_reported_as_a_nack() {
     );
     // Served as operators read it: /debug/clients on the admin API.
     let admin = dualstack_xds::admin::Admin {
-        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        pipeline: Default::default(),
         registry: Arc::new(prometheus_client::registry::Registry::default()),
         cache: server.cache.clone(),
         clients: server.registry.clone(),
-        skipped: Arc::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_addr = listener.local_addr().unwrap();

@@ -252,20 +252,12 @@ impl Envoy {
 
 /// A Service on a port of its own, with one endpoint.
 fn service(name: &str, port: u16, ip: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: shop, labels: {{dualstack-xds.io/expose: "true"}}}}
-spec: {{ports: [{{name: tcp, port: {port}}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{name: tcp, port: {port}}}]
-endpoints: [{{addresses: ["{ip}"]}}]
-"#
-    )
+    common::manifests::yaml(&[
+        common::manifests::service("shop", name).port("tcp", port),
+        common::manifests::slice("shop", &format!("{name}-1"), name, "IPv4")
+            .port("tcp", port)
+            .endpoint(ip),
+    ])
 }
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {

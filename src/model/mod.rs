@@ -1,5 +1,11 @@
 //! The "model" stage: what the product knows about Services and their endpoints, free of
-//! Kubernetes and protobuf types. Sources build it; `translate` reads it.
+//! Kubernetes and protobuf types. Sources describe changes to it ([`ModelChange`]); the
+//! [`ModelStore`] applies them and says which Services they touched ([`Changed`]);
+//! `translate` reads it.
+
+mod store;
+
+pub use store::{Changed, ModelChange, ModelStore};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -126,16 +132,59 @@ impl FromStr for ListenerFamilies {
     }
 }
 
-/// A Service's identity.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct ServiceKey {
+/// An object's identity: its namespace and name (a Service, an EndpointSlice, a
+/// ConfigMap; which kind is always clear from where the key is used).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectKey {
     pub namespace: String,
     pub name: String,
 }
 
-impl fmt::Display for ServiceKey {
+/// A Service's identity.
+pub type ServiceKey = ObjectKey;
+
+impl ObjectKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The kinds of object the product reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum ObjectKind {
+    Service,
+    EndpointSlice,
+    ConfigMap,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 3] = [
+        ObjectKind::Service,
+        ObjectKind::EndpointSlice,
+        ObjectKind::ConfigMap,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::ConfigMap => "ConfigMap",
+        }
+    }
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -189,6 +238,26 @@ pub struct Service {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// `dualstack-xds.io/ingress: "false"` turns ingress listeners off.
     pub ingress: bool,
+}
+
+#[cfg(test)]
+impl Service {
+    /// For tests: an exposed Service with one port named `main`, listening on `port`.
+    pub(crate) fn one_port(key: ObjectKey, port: u16, kind: PortKind) -> Service {
+        Service {
+            key,
+            ports: vec![ServicePort {
+                name: "main".into(),
+                port,
+                kind,
+                listener_port: port,
+            }],
+            primary_family: None,
+            failover: false,
+            proxy_protocol: None,
+            ingress: true,
+        }
+    }
 }
 
 /// Whether an endpoint takes new traffic.
@@ -302,10 +371,27 @@ impl Endpoints {
 /// An object that was left out, and why (shown in `/debug/resources`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Skipped {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
+    pub kind: ObjectKind,
+    #[serde(flatten)]
+    pub key: ObjectKey,
     pub reason: String,
+}
+
+impl Skipped {
+    pub fn new(kind: ObjectKind, key: &ObjectKey, reason: impl Into<String>) -> Self {
+        Skipped {
+            kind,
+            key: key.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// An EndpointSlice's contribution to the model: the Service it names and its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoints {
+    pub service: ServiceKey,
+    pub slice: Slice,
 }
 
 /// Everything translation needs.
@@ -317,7 +403,7 @@ pub struct Model {
     /// From the ConfigMap's `primaryFamily`, overriding the command line.
     pub config_primary_family: Option<Family>,
     /// Objects left out, by kind and identity.
-    pub skipped: BTreeMap<(String, ServiceKey), Skipped>,
+    pub skipped: BTreeMap<(ObjectKind, ObjectKey), Skipped>,
 }
 
 impl Model {

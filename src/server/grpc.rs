@@ -27,11 +27,9 @@ use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 use super::clients::ClientRegistry;
 use super::protocol::delta::DeltaStream;
 use super::protocol::sotw::SotwStream;
-use super::protocol::{
-    DeltaResponse, Event, NodeGrouping, Outcome, ProtocolError, Scope, SotwResponse, StreamStatus,
-};
+use super::protocol::{Event, Machine, NodeGrouping, ProtocolError, Response, Scope, SotwResponse};
 use super::wire::Frames;
-use crate::snapshot::{ResourceType, SnapshotCache, SnapshotSet};
+use crate::snapshot::{ResourceType, SnapshotCache};
 
 /// Responses a stream may have queued for the transport. Each type has at most one
 /// response awaiting its ACK, so a stream never has more than four in flight and this
@@ -229,68 +227,16 @@ impl http_body::Body for ResponseBody {
     }
 }
 
-/// What the driver needs from a protocol state machine.
-trait Machine: Send + 'static {
-    type Request: Send + 'static;
-    type Response: Send + 'static;
-    fn on_request(
-        &mut self,
-        req: Self::Request,
-        set: Option<&SnapshotSet>,
-    ) -> Result<Outcome<Self::Response>, ProtocolError>;
-    fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<Self::Response>;
-    fn status(&self) -> StreamStatus;
-    fn node_id(&self) -> Option<&str>;
-    fn response_type(response: &Self::Response) -> ResourceType;
-    fn frames(response: Self::Response) -> Frames;
-}
-
-macro_rules! impl_machine {
-    ($machine:ty, $req:ty, $resp:ty, $frames:path) => {
-        impl Machine for $machine {
-            type Request = $req;
-            type Response = $resp;
-            fn on_request(
-                &mut self,
-                req: $req,
-                set: Option<&SnapshotSet>,
-            ) -> Result<Outcome<$resp>, ProtocolError> {
-                <$machine>::on_request(self, req, set)
-            }
-            fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<$resp> {
-                <$machine>::on_snapshot(self, set)
-            }
-            fn status(&self) -> StreamStatus {
-                <$machine>::status(self)
-            }
-            fn node_id(&self) -> Option<&str> {
-                self.node().map(|n| n.id.as_str())
-            }
-            fn response_type(response: &$resp) -> ResourceType {
-                response.ty
-            }
-            fn frames(response: $resp) -> Frames {
-                $frames(response)
-            }
-        }
-    };
-}
-
-impl_machine!(SotwStream, DiscoveryRequest, SotwResponse, Frames::sotw);
-impl_machine!(
-    DeltaStream,
-    DeltaDiscoveryRequest,
-    DeltaResponse,
-    Frames::delta
-);
-
 /// The per-stream task.
-async fn drive<M: Machine>(
+async fn drive<M>(
     mut machine: M,
     mut inbound: Streaming<M::Request>,
     tx: mpsc::Sender<Result<Frames, Status>>,
     shared: Arc<Inner>,
-) {
+) where
+    M: Machine,
+    M::Response: Into<Frames>,
+{
     let client = shared.registry.connect(machine.status());
     let metrics = &shared.registry.metrics;
     let mut snapshots = shared.cache.watch();
@@ -299,11 +245,11 @@ async fn drive<M: Machine>(
         let outcome = tokio::select! {
             request = inbound.message() => match request {
                 Ok(Some(request)) => {
-                    let had_node = machine.node_id().is_some();
+                    let had_node = machine.node().is_some();
                     let set = snapshots.peek();
                     let result = machine.on_request(request, set.as_deref());
                     if !had_node {
-                        if let Some(id) = machine.node_id() {
+                        if let Some(id) = machine.node().map(|n| n.id.as_str()) {
                             Span::current().record("node_id", id);
                             info!("client connected");
                         }
@@ -354,8 +300,8 @@ async fn drive<M: Machine>(
             client.update(machine.status());
         }
         for response in outcome.responses {
-            metrics.response_sent(M::response_type(&response));
-            if tx.send(Ok(M::frames(response))).await.is_err() {
+            metrics.response_sent(response.ty());
+            if tx.send(Ok(response.into())).await.is_err() {
                 return;
             }
         }
@@ -364,8 +310,8 @@ async fn drive<M: Machine>(
 }
 
 /// The tower services, one per Envoy discovery service name.
-macro_rules! discovery_service {
-    ($service:ident, $name:literal, $scope:expr) => {
+macro_rules! discovery_services {
+    ($($service:ident: $name:literal => $scope:expr;)*) => {$(
         #[derive(Clone)]
         struct $service(XdsServer);
 
@@ -387,31 +333,13 @@ macro_rules! discovery_service {
                 Box::pin(async move { Ok(server.call($scope, request).await) })
             }
         }
-    };
+    )*};
 }
 
-discovery_service!(
-    AdsService,
-    "envoy.service.discovery.v3.AggregatedDiscoveryService",
-    Scope::Aggregated
-);
-discovery_service!(
-    CdsService,
-    "envoy.service.cluster.v3.ClusterDiscoveryService",
-    Scope::Single(ResourceType::Cluster)
-);
-discovery_service!(
-    EdsService,
-    "envoy.service.endpoint.v3.EndpointDiscoveryService",
-    Scope::Single(ResourceType::Endpoint)
-);
-discovery_service!(
-    LdsService,
-    "envoy.service.listener.v3.ListenerDiscoveryService",
-    Scope::Single(ResourceType::Listener)
-);
-discovery_service!(
-    RdsService,
-    "envoy.service.route.v3.RouteDiscoveryService",
-    Scope::Single(ResourceType::Route)
-);
+discovery_services! {
+    AdsService: "envoy.service.discovery.v3.AggregatedDiscoveryService" => Scope::Aggregated;
+    CdsService: "envoy.service.cluster.v3.ClusterDiscoveryService" => Scope::Single(ResourceType::Cluster);
+    EdsService: "envoy.service.endpoint.v3.EndpointDiscoveryService" => Scope::Single(ResourceType::Endpoint);
+    LdsService: "envoy.service.listener.v3.ListenerDiscoveryService" => Scope::Single(ResourceType::Listener);
+    RdsService: "envoy.service.route.v3.RouteDiscoveryService" => Scope::Single(ResourceType::Route);
+}

@@ -164,6 +164,18 @@ impl Frames {
     }
 }
 
+impl From<SotwResponse> for Frames {
+    fn from(response: SotwResponse) -> Self {
+        Frames::sotw(response)
+    }
+}
+
+impl From<DeltaResponse> for Frames {
+    fn from(response: DeltaResponse) -> Self {
+        Frames::delta(response)
+    }
+}
+
 /// Encoded length of an `envoy.service.discovery.v3.Resource` wrapping `resource`.
 fn delta_resource_len(resource: &Resource) -> usize {
     const VERSION_HEX_LEN: usize = 32;
@@ -208,6 +220,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use crate::server::protocol::Response;
     use crate::snapshot::fixtures::*;
     use crate::snapshot::{ResourceType, Snapshot};
 

@@ -1,9 +1,14 @@
 //! Publication: one writer swaps in whole snapshot sets; every stream is notified and
 //! reads the latest one (a slow stream skips intermediate sets, it never queues them).
+//!
+//! The current set is an `ArcSwapOption`: every request of every stream reads it, and a
+//! read is a lock-free load, so thousands of streams answering ACKs never contend with
+//! each other or with the writer. A watch channel carries only the wake-up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 
 use super::Snapshot;
@@ -43,7 +48,9 @@ impl SnapshotSet {
 /// first [`SnapshotCache::publish`] (the initial-sync gate).
 #[derive(Debug, Clone)]
 pub struct SnapshotCache {
-    tx: Arc<watch::Sender<Option<Arc<SnapshotSet>>>>,
+    current: Arc<ArcSwapOption<SnapshotSet>>,
+    /// Counts publications; streams wait on it.
+    published: Arc<watch::Sender<u64>>,
 }
 
 impl Default for SnapshotCache {
@@ -54,29 +61,35 @@ impl Default for SnapshotCache {
 
 impl SnapshotCache {
     pub fn new() -> Self {
-        let (tx, _) = watch::channel(None);
-        SnapshotCache { tx: Arc::new(tx) }
+        let (published, _) = watch::channel(0);
+        SnapshotCache {
+            current: Arc::new(ArcSwapOption::empty()),
+            published: Arc::new(published),
+        }
     }
 
     /// Replaces the served set atomically and wakes every stream.
     pub fn publish(&self, set: SnapshotSet) {
-        self.tx.send_replace(Some(Arc::new(set)));
+        // The set first: a stream woken by the count reads it, or a newer one.
+        self.current.store(Some(Arc::new(set)));
+        self.published.send_modify(|count| *count += 1);
     }
 
     /// The latest published set, if any.
     pub fn current(&self) -> Option<Arc<SnapshotSet>> {
-        self.tx.borrow().clone()
+        self.current.load_full()
     }
 
     /// Whether a first set has been published.
     pub fn is_ready(&self) -> bool {
-        self.tx.borrow().is_some()
+        self.current.load().is_some()
     }
 
     /// A receiver for streams.
     pub fn watch(&self) -> SnapshotWatch {
         SnapshotWatch {
-            rx: self.tx.subscribe(),
+            current: self.current.clone(),
+            published: self.published.subscribe(),
         }
     }
 }
@@ -84,27 +97,29 @@ impl SnapshotCache {
 /// A stream's view of the cache: the latest set, and a wake-up when it changes.
 #[derive(Debug)]
 pub struct SnapshotWatch {
-    rx: watch::Receiver<Option<Arc<SnapshotSet>>>,
+    current: Arc<ArcSwapOption<SnapshotSet>>,
+    published: watch::Receiver<u64>,
 }
 
 impl SnapshotWatch {
     /// The latest set, marking it seen: the next [`SnapshotWatch::changed`] waits for a
     /// newer one.
     pub fn latest(&mut self) -> Option<Arc<SnapshotSet>> {
-        self.rx.borrow_and_update().clone()
+        self.published.borrow_and_update();
+        self.current.load_full()
     }
 
     /// The latest set, without marking it seen: a set published since the last
     /// [`SnapshotWatch::changed`] still wakes it, so every type gets the change even if a
     /// request for one type read the set first.
     pub fn peek(&self) -> Option<Arc<SnapshotSet>> {
-        self.rx.borrow().clone()
+        self.current.load_full()
     }
 
     /// Waits until a set newer than the last seen one is published. Returns `false`
     /// when the cache is gone.
     pub async fn changed(&mut self) -> bool {
-        self.rx.changed().await.is_ok()
+        self.published.changed().await.is_ok()
     }
 }
 

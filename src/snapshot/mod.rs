@@ -7,8 +7,6 @@
 //! against the current one without visiting what both share.
 
 mod cache;
-#[doc(hidden)]
-pub mod fixtures;
 pub mod json;
 mod resource;
 
@@ -255,3 +253,11 @@ impl SnapshotBuilder {
 
 #[cfg(test)]
 mod tests;
+
+/// The tests' small Envoy resources, shared with the integration tests.
+#[cfg(test)]
+#[allow(dead_code)]
+pub(crate) mod fixtures {
+    use crate as dualstack_xds;
+    include!("../../tests/common/fixtures.rs");
+}

@@ -20,9 +20,11 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
+use super::convert::Objects;
 use super::debounce::{Debounce, Debouncer, Instant};
 use super::manifests::{is_manifest, parse_file, select, FileError, FileObjects, Filter};
-use super::objects::Objects;
+use super::{Sink, SourceEvent};
+use crate::model::ModelChange;
 
 /// How long a file that is being written in place (modified, not yet closed) keeps its
 /// last content before it is read anyway.
@@ -64,6 +66,8 @@ pub struct ManifestDir {
     errors: BTreeMap<PathBuf, FileError>,
     /// What each present file looked like when it was last read.
     stamps: BTreeMap<PathBuf, Stamp>,
+    /// The objects the changes taken so far add up to.
+    taken: Objects,
 }
 
 impl ManifestDir {
@@ -75,6 +79,7 @@ impl ManifestDir {
             files: BTreeMap::new(),
             errors: BTreeMap::new(),
             stamps: BTreeMap::new(),
+            taken: Objects::default(),
         };
         source.refresh(&BTreeSet::new(), &BTreeSet::new())?;
         Ok(source)
@@ -85,6 +90,14 @@ impl ManifestDir {
         select(self.files.values(), &self.filter)
     }
 
+    /// The model changes since the last call (on the first, every object).
+    pub fn take_changes(&mut self) -> Vec<ModelChange> {
+        let objects = self.objects();
+        let changes = self.taken.changes_to(&objects);
+        self.taken = objects;
+        changes
+    }
+
     /// Files whose current content does not parse (their last good content is in force).
     pub fn errors(&self) -> impl Iterator<Item = &FileError> {
         self.errors.values()
@@ -93,6 +106,12 @@ impl ManifestDir {
     /// The files read, relative to the directory.
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.files.keys().map(PathBuf::as_path)
+    }
+
+    /// Reads every file again.
+    pub fn reload(&mut self) -> std::io::Result<bool> {
+        let every = self.stamps.keys().cloned().collect();
+        self.refresh(&every, &BTreeSet::new())
     }
 
     /// Brings every file up to date: files that are gone are withdrawn, new files and
@@ -290,20 +309,24 @@ fn is_change(event: &notify::Result<notify::Event>) -> bool {
     }
 }
 
-/// Watches the directory until the process ends, calling `on_change` after each debounced
-/// burst of file events that changed a file, with the time the burst began.
-pub async fn watch(
+/// The source: sends the directory's objects, then that it is synced, then the changes
+/// of each debounced burst of file events, until the process ends.
+pub async fn run(
     mut source: ManifestDir,
     debounce: Debounce,
-    mut on_change: impl FnMut(&ManifestDir, Instant),
+    mut sink: impl Sink,
 ) -> notify::Result<()> {
+    let changes = source.take_changes();
+    let since = Instant::now();
+    sink.send(SourceEvent::Changes { changes, since });
+    sink.send(SourceEvent::Synced);
     let root = absolute(&source.root)?;
-    let (tx, mut rx) = mpsc::channel::<(Instant, notify::Result<notify::Event>)>(1024);
+    let (events_tx, mut events) = mpsc::channel::<(Instant, notify::Result<notify::Event>)>(1024);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if is_change(&event) {
             // On notify's own thread: waiting here is backpressure, not a queue without
             // bound.
-            let _ = tx.blocking_send((Instant::now(), event));
+            let _ = events_tx.blocking_send((Instant::now(), event));
         }
     })?;
     watcher.watch(&root, RecursiveMode::Recursive)?;
@@ -318,12 +341,23 @@ pub async fn watch(
     let mut observed = Observed::default();
     let mut debouncer = Debouncer::new(debounce);
     // What changed between the first read and the watch being in place.
-    let started = Instant::now();
-    refresh_and_publish(&mut source, &mut observed, started, &mut on_change);
+    let mut start = Some(since);
     loop {
+        if let Some(start) = start {
+            let publishing = Instant::now();
+            if let Some(changes) = refresh(&mut source, &mut observed) {
+                sink.send(SourceEvent::Changes {
+                    changes,
+                    since: start,
+                });
+            }
+            debouncer.published(publishing.elapsed());
+        }
         let expiry = observed.hold_expiry();
-        let burst = debouncer.burst(&mut rx, |event| observed.note(&root, Instant::now(), event));
-        let start = match expiry {
+        let burst = debouncer.burst(&mut events, |event| {
+            observed.note(&root, Instant::now(), event)
+        });
+        start = match expiry {
             // A file still being written is read when its hold ends, events or not.
             Some(expiry) => match tokio::time::timeout_at(expiry, burst).await {
                 Ok(start) => start,
@@ -331,39 +365,34 @@ pub async fn watch(
             },
             None => burst.await,
         };
-        let Some(start) = start else {
+        if start.is_none() {
             return Ok(());
-        };
-        let publishing = Instant::now();
+        }
         if std::mem::take(&mut observed.root_replaced) {
             // Repointed or recreated: watch what the path names now.
             let _ = watcher.unwatch(&root);
             if let Err(error) = watcher.watch(&root, RecursiveMode::Recursive) {
                 tracing::warn!(dir = %source.root.display(), %error, "the manifest directory is gone; serving its last content");
-                continue;
+                start = None;
             }
         }
-        refresh_and_publish(&mut source, &mut observed, start, &mut on_change);
-        debouncer.published(publishing.elapsed());
     }
 }
 
-fn refresh_and_publish(
-    source: &mut ManifestDir,
-    observed: &mut Observed,
-    start: Instant,
-    on_change: &mut impl FnMut(&ManifestDir, Instant),
-) {
+/// Reads what the observed events (and the files' stamps) say changed; the model
+/// changes, if any.
+fn refresh(source: &mut ManifestDir, observed: &mut Observed) -> Option<Vec<ModelChange>> {
     let held = observed.held(Instant::now());
     let mut named = std::mem::take(&mut observed.named);
     if std::mem::take(&mut observed.overflow) {
         named.extend(source.stamps.keys().cloned());
     }
     match source.refresh(&named, &held) {
-        Ok(true) => on_change(source, start),
-        Ok(false) => {}
+        Ok(true) => Some(source.take_changes()).filter(|c| !c.is_empty()),
+        Ok(false) => None,
         Err(error) => {
-            tracing::warn!(dir = %source.root.display(), %error, "reading the manifest directory; serving its last content")
+            tracing::warn!(dir = %source.root.display(), %error, "reading the manifest directory; serving its last content");
+            None
         }
     }
 }
@@ -376,10 +405,7 @@ mod tests {
         Filter {
             service_selector: "dualstack-xds.io/expose=true".parse().unwrap(),
             namespaces: vec![],
-            config_map: crate::model::ServiceKey {
-                namespace: "dualstack-xds".into(),
-                name: "dualstack-xds".into(),
-            },
+            config_map: crate::model::ObjectKey::new("dualstack-xds", "dualstack-xds"),
         }
     }
 

@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
-use super::objects::Objects;
-use crate::model::ServiceKey;
+use super::convert::{key_of, Objects};
+use crate::model::ObjectKey;
 
 /// A label selector such as `dualstack-xds.io/expose=true,tier!=internal,app`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,7 +81,7 @@ pub struct Filter {
     pub service_selector: LabelSelector,
     /// Namespaces to keep (all when empty).
     pub namespaces: Vec<String>,
-    pub config_map: ServiceKey,
+    pub config_map: ObjectKey,
 }
 
 impl Filter {
@@ -218,10 +218,7 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// Merges parsed files into the objects a source serves, keeping what `filter` selects.
 pub fn select<'a>(files: impl IntoIterator<Item = &'a FileObjects>, filter: &Filter) -> Objects {
     let mut objects = Objects::default();
-    let key = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| ServiceKey {
-        namespace: m.namespace.clone().unwrap_or_else(|| "default".into()),
-        name: m.name.clone().unwrap_or_default(),
-    };
+    let key = key_of;
     for file in files {
         for s in &file.services {
             if filter.namespace_ok(s.metadata.namespace.as_deref())
@@ -242,26 +239,6 @@ pub fn select<'a>(files: impl IntoIterator<Item = &'a FileObjects>, filter: &Fil
         }
     }
     objects
-}
-
-/// Loads a directory once: the objects, and the files that failed.
-pub fn load_dir(dir: &Path, filter: &Filter) -> std::io::Result<(Objects, Vec<FileError>)> {
-    let mut parsed = Vec::new();
-    let mut errors = Vec::new();
-    for path in manifest_files(dir)? {
-        let result = std::fs::read_to_string(&path)
-            .map_err(|e| FileError {
-                path: path.clone(),
-                document: None,
-                message: e.to_string(),
-            })
-            .and_then(|text| parse_file(&path, &text));
-        match result {
-            Ok(objects) => parsed.push(objects),
-            Err(e) => errors.push(e),
-        }
-    }
-    Ok((select(&parsed, filter), errors))
 }
 
 #[cfg(test)]

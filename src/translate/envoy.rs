@@ -39,14 +39,16 @@ use prost::{Message, Name};
 
 use crate::model::{Endpoint, EndpointState, Family, PortKind, ProxyProtocol, ServicePort};
 
-pub(crate) fn any<M: Message + Name>(message: &M) -> Any {
+/// A message packed into `google.protobuf.Any`.
+pub fn any<M: Message + Name>(message: &M) -> Any {
     Any {
         type_url: M::type_url(),
         value: message.encode_to_vec(),
     }
 }
 
-pub(crate) fn ads() -> ConfigSource {
+/// A config source pointing at the ADS stream.
+pub fn ads() -> ConfigSource {
     ConfigSource {
         resource_api_version: 2, // V3
         config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(

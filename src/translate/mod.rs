@@ -1,25 +1,33 @@
 //! The "translate" stage: model + primary family + a node's listener families -> Envoy
-//! resources, kept as one snapshot per distinct set of listener families.
+//! resources, kept as one snapshot per [`Group`] of clients.
 //!
-//! Translation depends on the node only through its listener families, so it is done once
-//! per Service and shared by the (at most three) groups. A change to one Service
-//! recomputes that Service's resources only. Clusters never depend on the primary family:
-//! flipping it changes ClusterLoadAssignments and nothing else.
+//! Translation depends on the node only through its group, so it is done once per
+//! Service and shared by the groups. A change to one Service recomputes that Service's
+//! resources only, and [`Translator::update`] goes in three steps: *plan* (which Services
+//! changed, and who holds each listener port), *apply* (translate those Services), and
+//! *assemble* (edit and build each group's snapshot). Its bookkeeping is a persistent
+//! copy committed only once every snapshot is built, so a failed build changes nothing
+//! and the same change is tried again. Clusters, listeners and routes never depend on a
+//! Service's primary family: flipping it, by the ConfigMap or by an annotation, changes
+//! ClusterLoadAssignments and nothing else.
 
-pub(crate) mod envoy;
+pub mod envoy;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::Hash;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
+use imbl::{OrdMap, OrdSet};
 
 use crate::model::{
-    Endpoints, Family, ListenerFamilies, Model, PortKind, Service, ServiceKey, ServicePort, Skipped,
+    Endpoints, Family, ListenerFamilies, Model, ObjectKind, PortKind, Service, ServiceKey,
+    ServicePort, Skipped,
 };
 
 mod endpoints;
-pub mod grpc;
+pub mod proxyless;
 use crate::snapshot::{InconsistentSnapshot, Resource, ResourceType, Snapshot, SnapshotSet};
 use endpoints::EndpointCache;
 
@@ -29,13 +37,37 @@ pub use envoy::router_filter;
 pub const LISTENER_FAMILIES_KEY: &str = "dualstack-xds.io/listener-families";
 
 /// The snapshot group of proxyless gRPC clients.
-pub const GRPC_GROUP: &str = "grpc";
+pub const PROXYLESS_GROUP: &str = "grpc";
+
+/// The clients a snapshot is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Group {
+    /// Envoys binding listeners on these families.
+    Envoy(ListenerFamilies),
+    /// Proxyless gRPC clients.
+    Proxyless,
+}
+
+impl Group {
+    /// The group's name in a [`SnapshotSet`] (and in `/debug/resources`).
+    pub fn name(self) -> String {
+        match self {
+            Group::Envoy(families) => families.to_string(),
+            Group::Proxyless => PROXYLESS_GROUP.to_owned(),
+        }
+    }
+}
 
 /// The snapshot group of a node: proxyless gRPC clients (their user agent says gRPC) get
 /// theirs; an Envoy gets its listener families' (default both).
 pub fn node_group(node: &Node) -> Result<String, String> {
+    Ok(group_of(node)?.name())
+}
+
+/// The [`Group`] of a node.
+pub fn group_of(node: &Node) -> Result<Group, String> {
     if node.user_agent_name.starts_with("gRPC") {
-        return Ok(GRPC_GROUP.to_owned());
+        return Ok(Group::Proxyless);
     }
     let families = node
         .metadata
@@ -51,7 +83,7 @@ pub fn node_group(node: &Node) -> Result<String, String> {
         })
         .transpose()?
         .unwrap_or(ListenerFamilies::BOTH);
-    Ok(families.to_string())
+    Ok(Group::Envoy(families))
 }
 
 /// Stable, family-neutral name of a Service port's cluster, endpoints and routes.
@@ -98,6 +130,23 @@ fn input_digest(service: &Service, primary: Family, endpoints: &Endpoints) -> u1
     hasher.digest128()
 }
 
+/// A digest of what clusters, listeners and routes depend on: the Service without its
+/// endpoint policy (primary family and failover, which only ClusterLoadAssignments
+/// depend on), and which listener ports it holds. Equal digests: those resources are
+/// reused as they are, however the primary family was flipped.
+fn structure_digest(service: &Service, owners: &[Option<&ServiceKey>]) -> u128 {
+    // Destructured so that a new field has to be placed on one side or the other.
+    let Service {
+        key,
+        ports,
+        proxy_protocol,
+        ingress,
+        primary_family: _,
+        failover: _,
+    } = service;
+    digest(&(key, ports, proxy_protocol, ingress, owners))
+}
+
 /// What is remembered of a Service's input: enough to tell whether it changed, and the
 /// listener ports it claims.
 #[derive(Clone, Debug)]
@@ -109,9 +158,9 @@ struct Known {
 /// A Service's resources, encoded once and shared by every group.
 #[derive(Clone, Debug, Default)]
 struct Output {
-    /// Digest of what clusters, listeners and routes depend on (the Service and which
-    /// listener ports it holds): when only endpoints change, they are reused as they are.
-    service_digest: u128,
+    /// [`structure_digest`]: when it is unchanged, clusters, listeners and routes are
+    /// reused and only the endpoints are new.
+    structure: u128,
     clusters: Vec<Resource>,
     load_assignments: Vec<Resource>,
     /// (family, listener, name of the route it uses if any)
@@ -120,18 +169,54 @@ struct Output {
     conflicts: Vec<Skipped>,
     /// For proxyless gRPC clients (ports with `appProtocol: grpc`): api_listeners,
     /// routes, clusters and endpoints with additional addresses.
-    grpc: GrpcOutput,
+    proxyless: ProxylessOutput,
+}
+
+impl Output {
+    /// This Service's resources in a group's snapshot: listeners on the group's families
+    /// and the routes they use, and, when the group edits them (the others share them),
+    /// clusters and endpoints; for proxyless clients, theirs.
+    fn in_group(&self, group: Group, edits_clusters: bool) -> Vec<(ResourceType, &Resource)> {
+        let families = match group {
+            Group::Proxyless => return self.proxyless.resources().collect(),
+            Group::Envoy(families) => families,
+        };
+        let mut resources = Vec::new();
+        if edits_clusters {
+            resources.extend(self.clusters.iter().map(|r| (ResourceType::Cluster, r)));
+            resources.extend(
+                self.load_assignments
+                    .iter()
+                    .map(|r| (ResourceType::Endpoint, r)),
+            );
+        }
+        let listeners = self
+            .listeners
+            .iter()
+            .filter(|(family, _, _)| families.contains(*family));
+        let routes: BTreeSet<&String> = listeners
+            .clone()
+            .filter_map(|(_, _, route)| route.as_ref())
+            .collect();
+        resources.extend(listeners.map(|(_, r, _)| (ResourceType::Listener, r)));
+        resources.extend(
+            routes
+                .into_iter()
+                .map(|name| (ResourceType::Route, &self.routes[name])),
+        );
+        resources
+    }
 }
 
 #[derive(Clone, Debug, Default)]
-struct GrpcOutput {
+struct ProxylessOutput {
     listeners: Vec<Resource>,
     routes: Vec<Resource>,
     clusters: Vec<Resource>,
     load_assignments: Vec<Resource>,
 }
 
-impl GrpcOutput {
+impl ProxylessOutput {
     /// Every resource, in make-before-break order.
     fn resources(&self) -> impl Iterator<Item = (ResourceType, &Resource)> {
         [
@@ -160,39 +245,141 @@ fn port_claims(service: &Service) -> Vec<PortClaim> {
         .collect()
 }
 
+/// One snapshot per group. Envoys binding both families edit clusters and endpoints;
+/// the single-family groups share them (they differ in listeners and routes only).
+#[derive(Clone, Debug, Default)]
+struct Groups {
+    dual: Snapshot,
+    ipv4: Snapshot,
+    ipv6: Snapshot,
+    proxyless: Snapshot,
+}
+
+impl Groups {
+    fn to_set(&self) -> SnapshotSet {
+        let mut set = SnapshotSet::default();
+        for (group, snapshot) in [
+            (Group::Envoy(ListenerFamilies::BOTH), &self.dual),
+            (Group::Envoy(ListenerFamilies::IPV4), &self.ipv4),
+            (Group::Envoy(ListenerFamilies::IPV6), &self.ipv6),
+            (Group::Proxyless, &self.proxyless),
+        ] {
+            set.insert(&group.name(), snapshot.clone());
+        }
+        set
+    }
+}
+
+/// What translation has committed: persistent maps, so that an update works on a copy
+/// (cloned in constant time) and commits it only when every snapshot is built.
+#[derive(Clone, Debug, Default)]
+struct State {
+    known: OrdMap<ServiceKey, Known>,
+    /// Which Services want each listener port; the first in key order gets it.
+    claims: OrdMap<PortClaim, OrdSet<ServiceKey>>,
+    outputs: OrdMap<ServiceKey, Arc<Output>>,
+    groups: Groups,
+}
+
 /// Incremental translator: keeps each Service's output and one snapshot per group.
 #[derive(Debug)]
 pub struct Translator {
     default_primary: Family,
-    known: BTreeMap<ServiceKey, Known>,
-    outputs: BTreeMap<ServiceKey, Output>,
-    /// Which Services want each listener port; the first in key order gets it.
-    claims: BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
-    /// Each Service's endpoints, encoded slice by slice.
+    state: State,
+    /// Each Service's endpoints, encoded slice by slice (a cache of the model: it stays
+    /// right whether or not an update is committed).
     endpoint_caches: BTreeMap<ServiceKey, EndpointCache>,
-    /// The three listener-family groups, then the gRPC group.
-    snapshots: [Snapshot; 4],
+    /// Fail the next build (tests of the retry).
+    #[cfg(test)]
+    pub(crate) fail_next_build: bool,
 }
 
 impl Translator {
     pub fn new(default_primary: Family) -> Self {
         Translator {
             default_primary,
-            known: BTreeMap::new(),
-            outputs: BTreeMap::new(),
-            claims: BTreeMap::new(),
+            state: State::default(),
             endpoint_caches: BTreeMap::new(),
-            snapshots: Default::default(),
+            #[cfg(test)]
+            fail_next_build: false,
         }
     }
 
     /// Brings every group's snapshot up to date with `model`. `changed` names the Services
-    /// that may have changed; `None` compares all (after a relist or a global flip).
+    /// that may have changed; `None` compares all (after a relist or a global flip). On
+    /// an error nothing is committed: the next update with the same Services retries.
     pub fn update(
         &mut self,
         model: &Model,
         changed: Option<&BTreeSet<ServiceKey>>,
     ) -> Result<SnapshotSet, InconsistentSnapshot> {
+        let mut next = self.state.clone();
+        let dirty = next.plan(model, changed, self.default_primary);
+        let outputs = self.apply(&next, model, &dirty);
+        next.assemble(outputs)?;
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_build) {
+            return Err(InconsistentSnapshot {
+                problems: vec!["failed for a test".into()],
+            });
+        }
+        self.state = next;
+        Ok(self.state.groups.to_set())
+    }
+
+    /// Listener ports lost to another Service (they get no listener), with the reason.
+    pub fn conflicts(&self) -> Vec<Skipped> {
+        self.state
+            .outputs
+            .values()
+            .flat_map(|o| o.conflicts.iter().cloned())
+            .collect()
+    }
+
+    /// Translates the Services of the plan: `None` for those that are gone.
+    fn apply(
+        &mut self,
+        next: &State,
+        model: &Model,
+        dirty: &BTreeSet<ServiceKey>,
+    ) -> Vec<(ServiceKey, Option<Output>)> {
+        dirty
+            .iter()
+            .map(|key| {
+                let output = match model.services.get(key) {
+                    Some(service) => {
+                        let cache = self.endpoint_caches.entry(key.clone()).or_default();
+                        let primary = effective_primary(service, model, self.default_primary);
+                        Some(translate(
+                            &next.claims,
+                            key,
+                            service,
+                            model.endpoints_of(key),
+                            primary,
+                            cache,
+                            next.outputs.get(key).map(Arc::as_ref),
+                        ))
+                    }
+                    None => {
+                        self.endpoint_caches.remove(key);
+                        None
+                    }
+                };
+                (key.clone(), output)
+            })
+            .collect()
+    }
+}
+
+impl State {
+    /// Finds the Services whose input changed, moving listener ports between them as
+    /// their claims change; returns every Service to retranslate.
+    fn plan(
+        &mut self,
+        model: &Model,
+        changed: Option<&BTreeSet<ServiceKey>>,
+        default_primary: Family,
+    ) -> BTreeSet<ServiceKey> {
         let candidates: BTreeSet<ServiceKey> = match changed {
             Some(keys) => keys.clone(),
             None => model
@@ -205,16 +392,17 @@ impl Translator {
         let mut dirty = BTreeSet::new();
         for key in candidates {
             let current = model.services.get(&key).map(|service| {
-                let primary = effective_primary(service, model, self.default_primary);
+                let primary = effective_primary(service, model, default_primary);
                 let digest = input_digest(service, primary, model.endpoints_of(&key));
                 (service, digest)
             });
-            if current.map(|(_, d)| d) == self.known.get(&key).map(|k| k.digest) {
+            let known = self.known.get(&key);
+            if current.map(|(_, d)| d) == known.map(|k| k.digest) {
                 continue;
             }
             let claims = current.map(|(service, _)| port_claims(service));
             let same_claims = matches!(
-                (&claims, self.known.get(&key)),
+                (&claims, known),
                 (Some(new), Some(known)) if *new == known.claims
             );
             if !same_claims {
@@ -235,112 +423,7 @@ impl Translator {
             }
             dirty.insert(key);
         }
-
-        let mut builders: Vec<_> = self.snapshots.iter().map(Snapshot::edit).collect();
-        let mut outputs = Vec::new();
-        for key in &dirty {
-            let old = self.outputs.get(key);
-            let output = match model.services.get(key) {
-                Some(service) => {
-                    let cache = self.endpoint_caches.entry(key.clone()).or_default();
-                    let primary = effective_primary(service, model, self.default_primary);
-                    Some(translate(
-                        &self.claims,
-                        key,
-                        service,
-                        model.endpoints_of(key),
-                        primary,
-                        cache,
-                        old,
-                    ))
-                }
-                None => {
-                    self.endpoint_caches.remove(key);
-                    None
-                }
-            };
-            let only_endpoints = matches!((old, &output), (Some(o), Some(n)) if o.service_digest == n.service_digest);
-            // Clusters and endpoints are the same in every listener-family group: they
-            // are edited in the first group's snapshot and shared with the others.
-            // Listeners and routes depend on the group's families.
-            for (i, (builder, families)) in
-                builders.iter_mut().zip(ListenerFamilies::ALL).enumerate()
-            {
-                let shared = i == 0;
-                match (&output, only_endpoints) {
-                    (Some(new), true) => {
-                        if shared {
-                            for r in &new.load_assignments {
-                                builder.upsert_resource(ResourceType::Endpoint, r.clone());
-                            }
-                        }
-                    }
-                    _ => {
-                        if let Some(old) = old {
-                            remove(builder, old, families, shared);
-                        }
-                        if let Some(new) = &output {
-                            add(builder, new, families, shared);
-                        }
-                    }
-                }
-            }
-            let grpc_builder = &mut builders[3];
-            match (&output, only_endpoints) {
-                (Some(new), true) => {
-                    for r in &new.grpc.load_assignments {
-                        grpc_builder.upsert_resource(ResourceType::Endpoint, r.clone());
-                    }
-                }
-                _ => {
-                    if let Some(old) = old {
-                        for (ty, r) in old.grpc.resources() {
-                            grpc_builder.remove(ty, r.name());
-                        }
-                    }
-                    if let Some(new) = &output {
-                        for (ty, r) in new.grpc.resources() {
-                            grpc_builder.upsert_resource(ty, r.clone());
-                        }
-                    }
-                }
-            }
-            outputs.push((key.clone(), output));
-        }
-        let mut builders = builders.into_iter();
-        let first = builders.next().expect("four groups").build()?;
-        let mut snapshots = vec![first.clone()];
-        for (i, mut builder) in builders.enumerate() {
-            if i < 2 {
-                builder.share(&first, ResourceType::Cluster);
-                builder.share(&first, ResourceType::Endpoint);
-            }
-            snapshots.push(builder.build()?);
-        }
-        for (key, output) in outputs {
-            match output {
-                Some(output) => self.outputs.insert(key, output),
-                None => self.outputs.remove(&key),
-            };
-        }
-        let names = ListenerFamilies::ALL
-            .iter()
-            .map(ToString::to_string)
-            .chain([GRPC_GROUP.to_owned()]);
-        let mut set = SnapshotSet::default();
-        for ((slot, snapshot), name) in self.snapshots.iter_mut().zip(snapshots).zip(names) {
-            set.insert(&name, snapshot.clone());
-            *slot = snapshot;
-        }
-        Ok(set)
-    }
-
-    /// Listener ports lost to another Service (they get no listener), with the reason.
-    pub fn conflicts(&self) -> Vec<Skipped> {
-        self.outputs
-            .values()
-            .flat_map(|o| o.conflicts.iter().cloned())
-            .collect()
+        dirty
     }
 
     fn claim(&mut self, key: &ServiceKey, claims: &[PortClaim], dirty: &mut BTreeSet<ServiceKey>) {
@@ -366,13 +449,73 @@ impl Translator {
             }
         }
     }
+
+    /// Puts the new outputs into every group's snapshot and builds them.
+    fn assemble(
+        &mut self,
+        outputs: Vec<(ServiceKey, Option<Output>)>,
+    ) -> Result<(), InconsistentSnapshot> {
+        let mut dual = self.groups.dual.edit();
+        let mut ipv4 = self.groups.ipv4.edit();
+        let mut ipv6 = self.groups.ipv6.edit();
+        let mut proxyless = self.groups.proxyless.edit();
+        for (key, new) in &outputs {
+            let old = self.outputs.get(key).map(Arc::as_ref);
+            let only_endpoints =
+                matches!((old, new), (Some(old), Some(new)) if old.structure == new.structure);
+            if only_endpoints {
+                let new = new.as_ref().expect("matched above");
+                for r in &new.load_assignments {
+                    dual.upsert_resource(ResourceType::Endpoint, r.clone());
+                }
+                for r in &new.proxyless.load_assignments {
+                    proxyless.upsert_resource(ResourceType::Endpoint, r.clone());
+                }
+                continue;
+            }
+            for (builder, group, edits_clusters) in [
+                (&mut dual, Group::Envoy(ListenerFamilies::BOTH), true),
+                (&mut ipv4, Group::Envoy(ListenerFamilies::IPV4), false),
+                (&mut ipv6, Group::Envoy(ListenerFamilies::IPV6), false),
+                (&mut proxyless, Group::Proxyless, true),
+            ] {
+                for (ty, r) in old.map_or_else(Vec::new, |o| o.in_group(group, edits_clusters)) {
+                    builder.remove(ty, r.name());
+                }
+                for (ty, r) in new
+                    .as_ref()
+                    .map_or_else(Vec::new, |n| n.in_group(group, edits_clusters))
+                {
+                    builder.upsert_resource(ty, r.clone());
+                }
+            }
+        }
+        let dual = dual.build()?;
+        for single in [&mut ipv4, &mut ipv6] {
+            single.share(&dual, ResourceType::Cluster);
+            single.share(&dual, ResourceType::Endpoint);
+        }
+        self.groups = Groups {
+            ipv4: ipv4.build()?,
+            ipv6: ipv6.build()?,
+            proxyless: proxyless.build()?,
+            dual,
+        };
+        for (key, output) in outputs {
+            match output {
+                Some(output) => self.outputs.insert(key, Arc::new(output)),
+                None => self.outputs.remove(&key),
+            };
+        }
+        Ok(())
+    }
 }
 
 /// A Service's resources: clusters, listeners and routes are reused from `old` when what
 /// they depend on is unchanged; the ClusterLoadAssignments are assembled from the
 /// Service's encoded slices.
 fn translate(
-    claims: &BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
+    claims: &OrdMap<PortClaim, OrdSet<ServiceKey>>,
     key: &ServiceKey,
     service: &Service,
     endpoints: &Endpoints,
@@ -386,26 +529,26 @@ fn translate(
         .map(|p| {
             claims
                 .get(&(p.listener_port, p.kind == PortKind::Udp))
-                .and_then(|o| o.first())
+                .and_then(|o| o.get_min())
         })
         .collect();
-    let service_digest = digest(&(service, &owners));
+    let structure = structure_digest(service, &owners);
     let mut output = match old {
-        Some(old) if old.service_digest == service_digest => {
+        Some(old) if old.structure == structure => {
             let mut reused = Output {
                 load_assignments: Vec::new(),
                 ..old.clone()
             };
-            reused.grpc.load_assignments.clear();
+            reused.proxyless.load_assignments.clear();
             reused
         }
-        _ => translate_service(key, service, &owners, service_digest),
+        _ => translate_service(key, service, &owners, structure),
     };
     for port in service.ports.iter().filter(|p| p.kind == PortKind::Grpc) {
         output
-            .grpc
+            .proxyless
             .load_assignments
-            .push(Resource::new(&grpc::load_assignment(
+            .push(Resource::new(&proxyless::load_assignment(
                 &cluster_name(key, port),
                 &port.name,
                 endpoints,
@@ -431,10 +574,10 @@ fn translate_service(
     key: &ServiceKey,
     service: &Service,
     owners: &[Option<&ServiceKey>],
-    service_digest: u128,
+    structure: u128,
 ) -> Output {
     let mut output = Output {
-        service_digest,
+        structure,
         ..Default::default()
     };
     for (port, owner) in service.ports.iter().zip(owners) {
@@ -446,18 +589,18 @@ fn translate_service(
         )));
         if port.kind == PortKind::Grpc {
             output
-                .grpc
+                .proxyless
                 .clusters
-                .push(Resource::new(&grpc::cluster(&name)));
+                .push(Resource::new(&proxyless::cluster(&name)));
             output
-                .grpc
+                .proxyless
                 .routes
                 .push(Resource::new(&envoy::route_configuration(
                     &name, &name, port.kind,
                 )));
-            for target in grpc::listener_names(key, port) {
-                output.grpc.listeners.push(Resource::with_references(
-                    &grpc::listener(&target, &name),
+            for target in proxyless::listener_names(key, port) {
+                output.proxyless.listeners.push(Resource::with_references(
+                    &proxyless::listener(&target, &name),
                     vec![name.clone()],
                 ));
             }
@@ -466,17 +609,16 @@ fn translate_service(
             continue;
         }
         if *owner != Some(key) {
-            output.conflicts.push(Skipped {
-                kind: "Service".into(),
-                namespace: key.namespace.clone(),
-                name: key.name.clone(),
-                reason: format!(
+            output.conflicts.push(Skipped::new(
+                ObjectKind::Service,
+                key,
+                format!(
                     "listener port {} is already used by Service {}: no ingress listener for port {}",
                     port.listener_port,
                     owner.map(ToString::to_string).unwrap_or_default(),
                     port.port
                 ),
-            });
+            ));
             continue;
         }
         let route = port.kind.is_http().then(|| name.clone());
@@ -503,70 +645,6 @@ fn translate_service(
         }
     }
     output
-}
-
-fn group_listeners(
-    output: &Output,
-    families: ListenerFamilies,
-) -> impl Iterator<Item = &(Family, Resource, Option<String>)> {
-    output
-        .listeners
-        .iter()
-        .filter(move |(f, _, _)| families.contains(*f))
-}
-
-/// Routes used by the group's listeners.
-fn group_routes(output: &Output, families: ListenerFamilies) -> BTreeSet<&String> {
-    group_listeners(output, families)
-        .filter_map(|(_, _, route)| route.as_ref())
-        .collect()
-}
-
-/// Removes a Service's resources from a group's snapshot; clusters and endpoints only
-/// when `shared` (they are edited once and shared by every group).
-fn remove(
-    builder: &mut crate::snapshot::SnapshotBuilder,
-    output: &Output,
-    families: ListenerFamilies,
-    shared: bool,
-) {
-    if shared {
-        for r in &output.clusters {
-            builder.remove(ResourceType::Cluster, r.name());
-        }
-        for r in &output.load_assignments {
-            builder.remove(ResourceType::Endpoint, r.name());
-        }
-    }
-    for (_, r, _) in group_listeners(output, families) {
-        builder.remove(ResourceType::Listener, r.name());
-    }
-    for route in group_routes(output, families) {
-        builder.remove(ResourceType::Route, route);
-    }
-}
-
-/// Adds a Service's resources to a group's snapshot (see [`remove`]).
-fn add(
-    builder: &mut crate::snapshot::SnapshotBuilder,
-    output: &Output,
-    families: ListenerFamilies,
-    shared: bool,
-) {
-    if shared {
-        for r in &output.clusters {
-            builder.upsert_resource(ResourceType::Cluster, r.clone());
-        }
-        for r in &output.load_assignments {
-            builder.upsert_resource(ResourceType::Endpoint, r.clone());
-        }
-    }
-    for (_, r, _) in group_listeners(output, families) {
-        builder.upsert_resource(ResourceType::Listener, r.clone());
-    }
-    for route in group_routes(output, families) {
-        builder.upsert_resource(ResourceType::Route, output.routes[route].clone());
-    }
 }
 
 #[cfg(test)]

@@ -12,26 +12,11 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 
 fn key(name: &str) -> ServiceKey {
-    ServiceKey {
-        namespace: "default".into(),
-        name: name.into(),
-    }
+    ServiceKey::new("default", name)
 }
 
 fn service(name: &str, port: u16, kind: PortKind) -> Service {
-    Service {
-        key: key(name),
-        ports: vec![ServicePort {
-            name: "main".into(),
-            port,
-            kind,
-            listener_port: port,
-        }],
-        primary_family: None,
-        failover: false,
-        proxy_protocol: None,
-        ingress: true,
-    }
+    Service::one_port(key(name), port, kind)
 }
 
 fn endpoint(ip: &str) -> Endpoint {
@@ -396,7 +381,7 @@ fn grpc_ports_are_served_to_proxyless_clients_in_their_own_group() {
             None,
         )
         .unwrap();
-    let grpc = group(&set, GRPC_GROUP);
+    let grpc = group(&set, PROXYLESS_GROUP);
     let names = |ty| -> Vec<String> {
         grpc.resources(ty)
             .iter()
@@ -428,7 +413,10 @@ fn grpc_ports_are_served_to_proxyless_clients_in_their_own_group() {
     let before = t.update(&m, None).unwrap();
     m.config_primary_family = Some(Family::IPv6);
     let after = t.update(&m, None).unwrap();
-    let (b, a) = (group(&before, GRPC_GROUP), group(&after, GRPC_GROUP));
+    let (b, a) = (
+        group(&before, PROXYLESS_GROUP),
+        group(&after, PROXYLESS_GROUP),
+    );
     for ty in [
         ResourceType::Cluster,
         ResourceType::Listener,
@@ -439,5 +427,97 @@ fn grpc_ports_are_served_to_proxyless_clients_in_their_own_group() {
     assert_ne!(
         b.resources(ResourceType::Endpoint).version(),
         a.resources(ResourceType::Endpoint).version()
+    );
+}
+
+/// Every cluster, listener and route of every group, with the address of its encoded
+/// bytes: the same address means the resource was reused, not encoded again.
+fn encodings(set: &SnapshotSet) -> Vec<(String, String, usize)> {
+    let mut out = Vec::new();
+    for (group, snapshot) in set.groups() {
+        for ty in [
+            ResourceType::Cluster,
+            ResourceType::Listener,
+            ResourceType::Route,
+        ] {
+            for r in snapshot.resources(ty).iter() {
+                out.push((
+                    group.to_owned(),
+                    r.name().to_string(),
+                    r.encoded_any().as_ptr() as usize,
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_flip_by_annotation_or_config_map_reencodes_endpoints_only() {
+    let mut grpc = service("api", 9090, PortKind::Grpc);
+    grpc.failover = true;
+    let mut t = Translator::new(Family::IPv4);
+    let mut m = model(vec![
+        service("web", 80, PortKind::Http),
+        service("db", 5432, PortKind::Tcp),
+        grpc,
+    ]);
+    let first = t.update(&m, None).unwrap();
+    let reused = encodings(&first);
+    assert!(reused.len() > 10);
+
+    // By annotation, on one Service.
+    m.services.get_mut(&key("web")).unwrap().primary_family = Some(Family::IPv6);
+    let by_annotation = t.update(&m, Some(&[key("web")].into())).unwrap();
+    assert_eq!(encodings(&by_annotation), reused);
+    assert_eq!(
+        addresses(
+            &cla(group(&by_annotation, "IPv4,IPv6"), "default/web:80"),
+            0
+        ),
+        ["fd00::1"]
+    );
+
+    // By the ConfigMap, for all.
+    m.config_primary_family = Some(Family::IPv6);
+    let by_config_map = t.update(&m, None).unwrap();
+    assert_eq!(encodings(&by_config_map), reused);
+    assert_eq!(
+        addresses(&cla(group(&by_config_map, "IPv4"), "default/db:5432"), 0),
+        ["fd00::1"]
+    );
+
+    // A structural change is encoded again.
+    m.services.get_mut(&key("db")).unwrap().proxy_protocol = Some(ProxyProtocol::V1);
+    let structural = t.update(&m, Some(&[key("db")].into())).unwrap();
+    assert_ne!(encodings(&structural), reused);
+}
+
+#[test]
+fn a_failed_build_commits_nothing_and_the_change_is_retried() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut m = model(vec![service("web", 80, PortKind::Tcp)]);
+    t.update(&m, None).unwrap();
+    m.services
+        .insert(key("db"), service("db", 5432, PortKind::Tcp));
+    m.endpoints.insert(key("db"), dual_endpoints());
+    let changed: BTreeSet<ServiceKey> = [key("db")].into();
+    t.fail_next_build = true;
+    assert!(t.update(&m, Some(&changed)).is_err());
+    // The same change again: built this time.
+    let set = t.update(&m, Some(&changed)).unwrap();
+    let clusters: Vec<String> = group(&set, "IPv4,IPv6")
+        .resources(ResourceType::Cluster)
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect();
+    assert_eq!(clusters, ["default/db:5432", "default/web:80"]);
+    assert_eq!(
+        group(&set, "IPv6")
+            .resources(ResourceType::Listener)
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect::<Vec<_>>(),
+        ["default/db:5432:ipv6", "default/web:80:ipv6"]
     );
 }

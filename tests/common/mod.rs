@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod fixtures;
+pub mod manifests;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,11 +12,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dualstack_xds::model::ServiceKey;
+use dualstack_xds::model::{Family, ObjectKey};
+use dualstack_xds::pipeline::Pipeline;
 use dualstack_xds::server::{single_group, ClientRegistry, NodeGrouping, XdsServer};
 use dualstack_xds::snapshot::SnapshotCache;
-use dualstack_xds::sources::manifests::{load_dir, Filter};
-use dualstack_xds::translate::Translator;
+use dualstack_xds::sources::debounce::Instant as SourceInstant;
+use dualstack_xds::sources::manifest_watch::ManifestDir;
+use dualstack_xds::sources::manifests::Filter;
+use dualstack_xds::sources::{Sink, SourceEvent};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -456,22 +461,51 @@ pub async fn http_get(addr: SocketAddr) -> Option<String> {
         .flatten()
 }
 
-/// Loads a manifest directory (default selector and ConfigMap), translates it and
-/// publishes the result, as the server's manifest source does. Every object must be valid.
-pub fn publish_manifests(dir: &Path, translator: &mut Translator, cache: &SnapshotCache) {
-    let filter = Filter {
+/// The server's default selection: exposed Services, every namespace, the default
+/// ConfigMap.
+pub fn default_filter() -> Filter {
+    Filter {
         service_selector: "dualstack-xds.io/expose=true".parse().unwrap(),
         namespaces: vec![],
-        config_map: ServiceKey {
-            namespace: "dualstack-xds".into(),
-            name: "dualstack-xds".into(),
-        },
-    };
-    let (objects, errors) = load_dir(dir, &filter).unwrap();
-    assert!(errors.is_empty(), "{errors:?}");
-    let model = objects.to_model();
-    assert!(model.skipped.is_empty(), "{:?}", model.skipped);
-    cache.publish(translator.update(&model, None).unwrap());
+        config_map: ObjectKey::new("dualstack-xds", "dualstack-xds"),
+    }
+}
+
+/// A manifest directory published into a cache by the pipeline `serve` runs, when the
+/// test says so (the test decides when an edit is published). Every object must be valid.
+pub struct ManifestPublisher {
+    dir: ManifestDir,
+    pipeline: Pipeline,
+}
+
+impl ManifestPublisher {
+    /// Loads `dir` and publishes it.
+    pub fn new(dir: &Path, primary: Family, cache: &SnapshotCache) -> Self {
+        let dir = ManifestDir::load(dir, default_filter()).unwrap();
+        let pipeline = Pipeline::new(primary, cache.clone(), Default::default());
+        let mut publisher = ManifestPublisher { dir, pipeline };
+        publisher.publish();
+        publisher.pipeline.send(SourceEvent::Synced);
+        publisher.check();
+        publisher
+    }
+
+    /// Reads the directory again and publishes what changed.
+    pub fn publish(&mut self) {
+        self.dir.reload().unwrap();
+        self.pipeline.send(SourceEvent::Changes {
+            changes: self.dir.take_changes(),
+            since: SourceInstant::now(),
+        });
+        self.check();
+    }
+
+    fn check(&self) {
+        let errors: Vec<_> = self.dir.errors().collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let skipped = self.pipeline.status().skipped();
+        assert!(skipped.is_empty(), "{skipped:?}");
+    }
 }
 
 /// The `dualstack-xds serve` binary on free loopback ports, killed when dropped.

@@ -7,8 +7,8 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::{
-    DeltaResponse, Event, NodeGrouping, Outcome, ProtocolError, Scope, StreamCore, StreamKind,
-    StreamStatus,
+    DeltaResponse, Event, Machine, NodeGrouping, Outcome, ProtocolError, Scope, StreamCore,
+    StreamKind, StreamStatus,
 };
 use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
 
@@ -20,24 +20,20 @@ pub struct DeltaStream {
     initial_versions: [HashMap<String, String>; 4],
 }
 
-impl DeltaStream {
-    pub fn new(scope: Scope, grouping: NodeGrouping) -> Self {
-        DeltaStream {
-            core: StreamCore::new(scope, grouping),
-            initial_versions: Default::default(),
-        }
-    }
+impl Machine for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaResponse;
 
-    pub fn node(&self) -> Option<&Node> {
+    fn node(&self) -> Option<&Node> {
         self.core.node.as_ref()
     }
 
-    pub fn status(&self) -> StreamStatus {
+    fn status(&self) -> StreamStatus {
         self.core.status(StreamKind::Delta)
     }
 
     /// Handles one request; `set` is the latest published snapshot set, if any.
-    pub fn on_request(
+    fn on_request(
         &mut self,
         req: DeltaDiscoveryRequest,
         set: Option<&SnapshotSet>,
@@ -85,7 +81,7 @@ impl DeltaStream {
     }
 
     /// Handles a newly published snapshot set: responses in make-before-break order.
-    pub fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<DeltaResponse> {
+    fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<DeltaResponse> {
         let mut out = Outcome::default();
         if let Some(snapshot) = self.core.snapshot(Some(set)) {
             for ty in self.core.types_in_order() {
@@ -93,6 +89,15 @@ impl DeltaStream {
             }
         }
         out
+    }
+}
+
+impl DeltaStream {
+    pub fn new(scope: Scope, grouping: NodeGrouping) -> Self {
+        DeltaStream {
+            core: StreamCore::new(scope, grouping),
+            initial_versions: Default::default(),
+        }
     }
 
     fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot) -> Option<DeltaResponse> {

@@ -23,8 +23,27 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use serde::Serialize;
 
 use crate::snapshot::{Resource, ResourceType, Snapshot, SnapshotSet, TypeSnapshot, DEFAULT_GROUP};
-pub use response::{DeltaResponse, SotwResponse};
+pub use response::{DeltaResponse, Response, SotwResponse};
 pub use subscription::Subscription;
+
+/// A stream's protocol state machine, SotW or Delta: requests and published snapshots
+/// in, responses out. The transport drives it and decides nothing.
+pub trait Machine: Send + 'static {
+    type Request: Send + 'static;
+    type Response: Response;
+    /// Handles one request; `set` is the latest published snapshot set, if any.
+    fn on_request(
+        &mut self,
+        req: Self::Request,
+        set: Option<&SnapshotSet>,
+    ) -> Result<Outcome<Self::Response>, ProtocolError>;
+    /// Handles a newly published snapshot set: responses in make-before-break order.
+    fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<Self::Response>;
+    /// What `/debug/clients` and CSDS show of the stream.
+    fn status(&self) -> StreamStatus;
+    /// The client, once its first request named it.
+    fn node(&self) -> Option<&Node>;
+}
 
 /// Which types a stream may carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,18 +183,9 @@ pub struct TypeStatus {
 impl TypeStatus {
     /// The resources the client was last sent, for what it subscribes to.
     pub fn sent_resources(&self) -> Vec<&Resource> {
-        let Some(sent) = &self.sent else {
-            return Vec::new();
-        };
-        if self.subscription.wildcard {
-            sent.iter().collect()
-        } else {
-            self.subscription
-                .names
-                .iter()
-                .filter_map(|n| sent.get(n))
-                .collect()
-        }
+        self.sent
+            .as_ref()
+            .map_or_else(Vec::new, |sent| self.subscription.resources_in(sent))
     }
 
     /// The last response was rejected (and nothing newer has been acked).
@@ -266,15 +276,7 @@ impl TypeState {
 
     /// Resources of `current` the client subscribes to, in name order.
     fn subscribed<'a>(&self, current: &'a TypeSnapshot) -> Vec<&'a Resource> {
-        if self.subscription.wildcard {
-            current.iter().collect()
-        } else {
-            self.subscription
-                .names
-                .iter()
-                .filter_map(|n| current.get(n))
-                .collect()
-        }
+        self.subscription.resources_in(current)
     }
 
     /// Newly subscribed resources that exist in `current`.

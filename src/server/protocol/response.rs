@@ -7,6 +7,16 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 
 use crate::snapshot::{Resource, ResourceType};
 
+/// A response of either protocol.
+pub trait Response: std::fmt::Debug + Send + 'static {
+    /// The protobuf message.
+    type Proto: std::fmt::Debug;
+    /// The type of the resources it carries.
+    fn ty(&self) -> ResourceType;
+    /// The protobuf message (copies every resource; the server uses `server::wire`).
+    fn to_proto(&self) -> Self::Proto;
+}
+
 /// A SotW `DiscoveryResponse`.
 #[derive(Clone, Debug)]
 pub struct SotwResponse {
@@ -26,9 +36,12 @@ pub struct DeltaResponse {
     pub removed_resources: Vec<String>,
 }
 
-impl SotwResponse {
-    /// The protobuf message (copies every resource; the server uses `server::wire`).
-    pub fn to_proto(&self) -> DiscoveryResponse {
+impl Response for SotwResponse {
+    type Proto = DiscoveryResponse;
+    fn ty(&self) -> ResourceType {
+        self.ty
+    }
+    fn to_proto(&self) -> DiscoveryResponse {
         DiscoveryResponse {
             version_info: self.version_info.clone(),
             resources: self.resources.iter().map(Resource::to_any).collect(),
@@ -39,9 +52,12 @@ impl SotwResponse {
     }
 }
 
-impl DeltaResponse {
-    /// The protobuf message (copies every resource; the server uses `server::wire`).
-    pub fn to_proto(&self) -> DeltaDiscoveryResponse {
+impl Response for DeltaResponse {
+    type Proto = DeltaDiscoveryResponse;
+    fn ty(&self) -> ResourceType {
+        self.ty
+    }
+    fn to_proto(&self) -> DeltaDiscoveryResponse {
         DeltaDiscoveryResponse {
             system_version_info: self.system_version_info.clone(),
             resources: self

@@ -4,8 +4,8 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::{
-    Event, NodeGrouping, Outcome, ProtocolError, Scope, SotwResponse, StreamCore, StreamKind,
-    StreamStatus,
+    Event, Machine, NodeGrouping, Outcome, ProtocolError, Scope, SotwResponse, StreamCore,
+    StreamKind, StreamStatus,
 };
 use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
 
@@ -18,24 +18,20 @@ pub struct SotwStream {
     resume_versions: [Option<String>; 4],
 }
 
-impl SotwStream {
-    pub fn new(scope: Scope, grouping: NodeGrouping) -> Self {
-        SotwStream {
-            core: StreamCore::new(scope, grouping),
-            resume_versions: Default::default(),
-        }
-    }
+impl Machine for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = SotwResponse;
 
-    pub fn node(&self) -> Option<&Node> {
+    fn node(&self) -> Option<&Node> {
         self.core.node.as_ref()
     }
 
-    pub fn status(&self) -> StreamStatus {
+    fn status(&self) -> StreamStatus {
         self.core.status(StreamKind::Sotw)
     }
 
     /// Handles one request; `set` is the latest published snapshot set, if any.
-    pub fn on_request(
+    fn on_request(
         &mut self,
         req: DiscoveryRequest,
         set: Option<&SnapshotSet>,
@@ -73,7 +69,7 @@ impl SotwStream {
     }
 
     /// Handles a newly published snapshot set: responses in make-before-break order.
-    pub fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<SotwResponse> {
+    fn on_snapshot(&mut self, set: &SnapshotSet) -> Outcome<SotwResponse> {
         let mut out = Outcome::default();
         if let Some(snapshot) = self.core.snapshot(Some(set)) {
             for ty in self.core.types_in_order() {
@@ -81,6 +77,15 @@ impl SotwStream {
             }
         }
         out
+    }
+}
+
+impl SotwStream {
+    pub fn new(scope: Scope, grouping: NodeGrouping) -> Self {
+        SotwStream {
+            core: StreamCore::new(scope, grouping),
+            resume_versions: Default::default(),
+        }
     }
 
     fn respond(&mut self, ty: ResourceType, snapshot: &Snapshot) -> Option<SotwResponse> {

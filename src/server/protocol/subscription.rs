@@ -3,6 +3,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
+use crate::snapshot::{Resource, TypeSnapshot};
+
 /// The explicit wildcard name (`xds_protocol`, "How the client specifies what resources to return").
 pub const WILDCARD: &str = "*";
 
@@ -106,6 +108,15 @@ pub struct SubscriptionChange {
 impl Subscription {
     pub fn contains(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+
+    /// The resources of `snapshot` this subscription covers, in name order.
+    pub fn resources_in<'a>(&self, snapshot: &'a TypeSnapshot) -> Vec<&'a Resource> {
+        if self.wildcard {
+            snapshot.iter().collect()
+        } else {
+            self.names.iter().filter_map(|n| snapshot.get(n)).collect()
+        }
     }
 
     /// Applies a SotW request's full list of names. An empty list is the legacy wildcard

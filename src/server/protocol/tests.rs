@@ -73,35 +73,22 @@ fn nack(resp: &DiscoveryResponse, names: &[&str], message: &str) -> DiscoveryReq
 }
 
 fn names_of(resp: &DiscoveryResponse) -> Vec<String> {
-    use prost::Message;
+    use crate::snapshot::XdsResource;
+    use envoy_types::pb::envoy::config::{
+        cluster::v3::Cluster as C, endpoint::v3::ClusterLoadAssignment as E,
+        listener::v3::Listener as L, route::v3::RouteConfiguration as R,
+    };
+    fn name<M: XdsResource + Default>(bytes: &[u8]) -> String {
+        M::decode(bytes).unwrap().resource_name().to_owned()
+    }
     resp.resources
         .iter()
         .map(
             |any| match ResourceType::from_type_url(&any.type_url).unwrap() {
-                Cluster => {
-                    envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(&*any.value)
-                        .unwrap()
-                        .name
-                }
-                Endpoint => {
-                    envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(
-                        &*any.value,
-                    )
-                    .unwrap()
-                    .cluster_name
-                }
-                Listener => {
-                    envoy_types::pb::envoy::config::listener::v3::Listener::decode(&*any.value)
-                        .unwrap()
-                        .name
-                }
-                Route => {
-                    envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(
-                        &*any.value,
-                    )
-                    .unwrap()
-                    .name
-                }
+                Cluster => name::<C>(&any.value),
+                Endpoint => name::<E>(&any.value),
+                Listener => name::<L>(&any.value),
+                Route => name::<R>(&any.value),
             },
         )
         .collect()
@@ -112,23 +99,23 @@ fn ads() -> SotwStream {
 }
 
 /// Sends `request` and returns the single response it must produce.
-fn one(stream: &mut SotwStream, request: DiscoveryRequest, set: &SnapshotSet) -> DiscoveryResponse {
+fn one<M: Machine>(
+    stream: &mut M,
+    request: M::Request,
+    set: &SnapshotSet,
+) -> <M::Response as Response>::Proto {
     let out = stream.on_request(request, Some(set)).unwrap();
-    assert_eq!(out.responses.len(), 1, "expected one response");
-    out.responses[0].to_proto()
+    let mut responses: Vec<_> = out.responses.iter().map(Response::to_proto).collect();
+    assert_eq!(
+        responses.len(),
+        1,
+        "expected one response, got {responses:?}"
+    );
+    responses.remove(0)
 }
 
-/// The responses a snapshot change produces, as protobuf.
-fn on_snapshot(stream: &mut SotwStream, set: &SnapshotSet) -> Vec<DiscoveryResponse> {
-    stream
-        .on_snapshot(set)
-        .responses
-        .iter()
-        .map(|r| r.to_proto())
-        .collect()
-}
-
-fn none(stream: &mut SotwStream, request: DiscoveryRequest, set: &SnapshotSet) -> Vec<Event> {
+/// Sends `request`, which must produce no response; returns the events.
+fn none<M: Machine>(stream: &mut M, request: M::Request, set: &SnapshotSet) -> Vec<Event> {
     let out = stream.on_request(request, Some(set)).unwrap();
     assert!(
         out.responses.is_empty(),
@@ -136,6 +123,19 @@ fn none(stream: &mut SotwStream, request: DiscoveryRequest, set: &SnapshotSet) -
         out.responses
     );
     out.events
+}
+
+/// The responses a snapshot change produces, as protobuf.
+fn on_snapshot<M: Machine>(
+    stream: &mut M,
+    set: &SnapshotSet,
+) -> Vec<<M::Response as Response>::Proto> {
+    stream
+        .on_snapshot(set)
+        .responses
+        .iter()
+        .map(Response::to_proto)
+        .collect()
 }
 
 #[test]
@@ -433,36 +433,16 @@ fn dnames(resp: &DeltaDiscoveryResponse) -> Vec<String> {
     resp.resources.iter().map(|r| r.name.clone()).collect()
 }
 
-fn done(
-    s: &mut DeltaStream,
-    r: DeltaDiscoveryRequest,
-    set: &SnapshotSet,
-) -> DeltaDiscoveryResponse {
-    let out = s.on_request(r, Some(set)).unwrap();
-    assert_eq!(out.responses.len(), 1, "expected one response");
-    out.responses[0].to_proto()
-}
-
-fn dnone(s: &mut DeltaStream, r: DeltaDiscoveryRequest, set: &SnapshotSet) -> Vec<Event> {
-    let out = s.on_request(r, Some(set)).unwrap();
-    assert!(
-        out.responses.is_empty(),
-        "expected no response, got {:?}",
-        out.responses
-    );
-    out.events
-}
-
 #[test]
 fn delta_wildcard_gets_everything_then_only_changes() {
     let set = snapshot(&["a", "b"], 80);
     let mut s = delta();
-    let r1 = done(&mut s, dfirst(Cluster, &[]), &set);
+    let r1 = one(&mut s, dfirst(Cluster, &[]), &set);
     assert_eq!(dnames(&r1), ["a", "b"]);
     assert!(r1.resources.iter().all(|r| !r.version.is_empty()));
-    dnone(&mut s, dack(&r1), &set);
+    none(&mut s, dack(&r1), &set);
     assert!(s.on_snapshot(&set).responses.is_empty());
-    let out = don_snapshot(&mut s, &snapshot(&["b", "c"], 80));
+    let out = on_snapshot(&mut s, &snapshot(&["b", "c"], 80));
     let r2 = &out[0];
     assert_eq!(dnames(r2), ["c"]);
     assert_eq!(r2.removed_resources, ["a"]);
@@ -472,7 +452,7 @@ fn delta_wildcard_gets_everything_then_only_changes() {
 fn delta_first_wildcard_answer_is_sent_even_when_empty() {
     let set = snapshot(&[], 80);
     let mut s = delta();
-    let r = done(&mut s, dfirst(Listener, &[]), &set);
+    let r = one(&mut s, dfirst(Listener, &[]), &set);
     assert!(r.resources.is_empty() && r.removed_resources.is_empty());
 }
 
@@ -491,7 +471,7 @@ fn delta_initial_resource_versions_are_honoured() {
     ]
     .into();
     let mut s = delta();
-    let resp = done(&mut s, r, &set);
+    let resp = one(&mut s, r, &set);
     assert_eq!(dnames(&resp), ["b"], "a is up to date");
     assert_eq!(resp.removed_resources, ["gone"]);
     // Fully up to date: the (empty) answer still completes the client's initial fetch.
@@ -500,7 +480,7 @@ fn delta_initial_resource_versions_are_honoured() {
         .iter()
         .map(|res| (res.name().to_string(), res.version().to_string()))
         .collect();
-    let resp = done(&mut delta(), r, &set);
+    let resp = one(&mut delta(), r, &set);
     assert!(resp.resources.is_empty() && resp.removed_resources.is_empty());
 }
 
@@ -508,18 +488,18 @@ fn delta_initial_resource_versions_are_honoured() {
 fn delta_named_subscriptions() {
     let set = snapshot(&["a", "b", "c"], 80);
     let mut s = delta();
-    let r1 = done(&mut s, dfirst(Endpoint, &["a"]), &set);
+    let r1 = one(&mut s, dfirst(Endpoint, &["a"]), &set);
     assert_eq!(dnames(&r1), ["a"]);
-    dnone(&mut s, dack(&r1), &set);
-    let r2 = done(&mut s, dreq(Endpoint, &["b"], &["a"]), &set);
+    none(&mut s, dack(&r1), &set);
+    let r2 = one(&mut s, dreq(Endpoint, &["b"], &["a"]), &set);
     assert_eq!(dnames(&r2), ["b"]);
-    dnone(&mut s, dack(&r2), &set);
+    none(&mut s, dack(&r2), &set);
     // a changed but is no longer subscribed; b removed is reported.
     let mut b = set.get("").unwrap().edit();
     b.upsert(&load_assignment("a", &[("10.9.9.9", 1)]))
         .remove(Cluster, "b")
         .remove(Endpoint, "b");
-    let out = don_snapshot(&mut s, &SnapshotSet::single(b.build().unwrap()));
+    let out = on_snapshot(&mut s, &SnapshotSet::single(b.build().unwrap()));
     assert_eq!(out.len(), 1);
     assert!(out[0].resources.is_empty());
     assert_eq!(out[0].removed_resources, ["b"]);
@@ -529,14 +509,14 @@ fn delta_named_subscriptions() {
 fn delta_nack_is_not_resent_and_stale_nonces_keep_subscriptions() {
     let set = snapshot(&["a"], 80);
     let mut s = delta();
-    let r1 = done(&mut s, dfirst(Listener, &[]), &set);
+    let r1 = one(&mut s, dfirst(Listener, &[]), &set);
     let mut n = dack(&r1);
     n.error_detail = Some(RpcStatus {
         code: 3,
         message: "bad listener".into(),
         details: vec![],
     });
-    let events = dnone(&mut s, n, &set);
+    let events = none(&mut s, n, &set);
     assert!(matches!(&events[0], Event::Nack { message, .. } if message == "bad listener"));
     assert!(s.on_snapshot(&snapshot(&["a"], 80)).responses.is_empty());
     // A request with an old nonce is stale for ACK purposes but its subscription counts.
@@ -558,25 +538,16 @@ fn delta_make_before_break_order_on_removal() {
         if i == 0 {
             r.node = Some(node());
         }
-        acks.push(done(&mut s, r, &set));
+        acks.push(one(&mut s, r, &set));
     }
     for a in &acks {
-        dnone(&mut s, dack(a), &set);
+        none(&mut s, dack(a), &set);
     }
-    let out = don_snapshot(&mut s, &snapshot(&["a"], 80));
+    let out = on_snapshot(&mut s, &snapshot(&["a"], 80));
     let types: Vec<_> = out
         .iter()
         .map(|r| ResourceType::from_type_url(&r.type_url).unwrap())
         .collect();
     assert_eq!(types, vec![Cluster, Endpoint, Listener, Route]);
     assert!(out.iter().all(|r| r.removed_resources.len() == 1));
-}
-
-fn don_snapshot(stream: &mut DeltaStream, set: &SnapshotSet) -> Vec<DeltaDiscoveryResponse> {
-    stream
-        .on_snapshot(set)
-        .responses
-        .iter()
-        .map(|r| r.to_proto())
-        .collect()
 }

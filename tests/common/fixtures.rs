@@ -1,4 +1,7 @@
-//! Small Envoy resources for tests and benchmarks (the real ones come from `translate`).
+// Small Envoy resources for tests and benchmarks (the real ones come from `translate`).
+// Integration tests and benchmarks use it as `common::fixtures`; the library's unit tests
+// include it as `crate::snapshot::fixtures` (with `crate` named `dualstack_xds`), so the
+// paths below work in both. No inner doc comments: it is `include!`d.
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, SocketAddress};
@@ -6,17 +9,15 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
-    VirtualHost,
-};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, HttpConnectionManager, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::google::protobuf::Duration;
 
-use crate::translate::envoy::{ads, any, router_filter};
+use dualstack_xds::model::PortKind;
+use dualstack_xds::translate::envoy::{ads, any, route_configuration, router_filter};
 
 /// A socket address.
 pub fn socket(ip: &str, port: u16) -> Address {
@@ -117,26 +118,5 @@ pub fn http_listener(name: &str, ip: &str, port: u16, route: &str) -> Listener {
 
 /// A route table sending every request to `cluster`.
 pub fn route_to(name: &str, cluster: &str) -> RouteConfiguration {
-    RouteConfiguration {
-        name: name.to_owned(),
-        virtual_hosts: vec![VirtualHost {
-            name: name.to_owned(),
-            domains: vec!["*".to_owned()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_owned())),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        cluster.to_owned(),
-                    )),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    route_configuration(name, cluster, PortKind::Http)
 }
