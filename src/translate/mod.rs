@@ -5,9 +5,9 @@
 //! Service and shared by the groups. A change to one Service recomputes that Service's
 //! resources only, and [`Translator::update`] goes in three steps: *plan* (which Services
 //! changed, and who holds each listener port), *apply* (translate those Services), and
-//! *assemble* (edit and build each group's snapshot). Its bookkeeping is a persistent
-//! copy committed only once every snapshot is built, so a failed build changes nothing
-//! and the same change is tried again. Clusters, listeners and routes never depend on a
+//! *assemble* (edit and build each group's snapshot). The plan is staged and committed
+//! only once every snapshot is built, so a failed build changes nothing and the same
+//! change is tried again. Clusters, listeners and routes never depend on a
 //! Service's primary family: flipping it, by the ConfigMap or by an annotation, changes
 //! ClusterLoadAssignments and nothing else.
 
@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
-use imbl::{OrdMap, OrdSet};
 
 use crate::model::{
     Endpoints, Family, ListenerFamilies, Model, ObjectKind, PortKind, Service, ServiceKey,
@@ -270,15 +269,43 @@ impl Groups {
     }
 }
 
-/// What translation has committed: persistent maps, so that an update works on a copy
-/// (cloned in constant time) and commits it only when every snapshot is built.
-#[derive(Clone, Debug, Default)]
+/// What translation has committed.
+#[derive(Debug, Default)]
 struct State {
-    known: OrdMap<ServiceKey, Known>,
+    known: BTreeMap<ServiceKey, Known>,
     /// Which Services want each listener port; the first in key order gets it.
-    claims: OrdMap<PortClaim, OrdSet<ServiceKey>>,
-    outputs: OrdMap<ServiceKey, Arc<Output>>,
+    claims: BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
+    outputs: BTreeMap<ServiceKey, Arc<Output>>,
     groups: Groups,
+}
+
+/// What an update will change of the committed [`State`], staged: committed only once
+/// every snapshot is built.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Every Service to retranslate.
+    dirty: BTreeSet<ServiceKey>,
+    /// New records of Services whose input changed (`None`: gone).
+    known: BTreeMap<ServiceKey, Option<Known>>,
+    /// The new claimants of every listener port whose claimants change.
+    claims: BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
+}
+
+impl Plan {
+    /// The claimants of a listener port, as the plan leaves them.
+    fn owners<'a>(
+        &'a self,
+        state: &'a State,
+        claim: &PortClaim,
+    ) -> Option<&'a BTreeSet<ServiceKey>> {
+        self.claims.get(claim).or_else(|| state.claims.get(claim))
+    }
+
+    fn owners_mut(&mut self, state: &State, claim: PortClaim) -> &mut BTreeSet<ServiceKey> {
+        self.claims
+            .entry(claim)
+            .or_insert_with(|| state.claims.get(&claim).cloned().unwrap_or_default())
+    }
 }
 
 /// Incremental translator: keeps each Service's output and one snapshot per group.
@@ -313,17 +340,16 @@ impl Translator {
         model: &Model,
         changed: Option<&BTreeSet<ServiceKey>>,
     ) -> Result<SnapshotSet, InconsistentSnapshot> {
-        let mut next = self.state.clone();
-        let dirty = next.plan(model, changed, self.default_primary);
-        let outputs = self.apply(&next, model, &dirty);
-        next.assemble(outputs)?;
+        let plan = self.state.plan(model, changed, self.default_primary);
+        let outputs = self.apply(&plan, model);
+        let groups = self.state.assemble(&outputs)?;
         #[cfg(test)]
         if std::mem::take(&mut self.fail_next_build) {
             return Err(InconsistentSnapshot {
                 problems: vec!["failed for a test".into()],
             });
         }
-        self.state = next;
+        self.state.commit(plan, outputs, groups);
         Ok(self.state.groups.to_set())
     }
 
@@ -337,27 +363,25 @@ impl Translator {
     }
 
     /// Translates the Services of the plan: `None` for those that are gone.
-    fn apply(
-        &mut self,
-        next: &State,
-        model: &Model,
-        dirty: &BTreeSet<ServiceKey>,
-    ) -> Vec<(ServiceKey, Option<Output>)> {
-        dirty
+    fn apply(&mut self, plan: &Plan, model: &Model) -> Vec<(ServiceKey, Option<Output>)> {
+        let state = &self.state;
+        plan.dirty
             .iter()
             .map(|key| {
                 let output = match model.services.get(key) {
                     Some(service) => {
                         let cache = self.endpoint_caches.entry(key.clone()).or_default();
                         let primary = effective_primary(service, model, self.default_primary);
+                        let owners =
+                            |claim: &PortClaim| plan.owners(state, claim).and_then(|o| o.first());
                         Some(translate(
-                            &next.claims,
+                            owners,
                             key,
                             service,
                             model.endpoints_of(key),
                             primary,
                             cache,
-                            next.outputs.get(key).map(Arc::as_ref),
+                            state.outputs.get(key).map(Arc::as_ref),
                         ))
                     }
                     None => {
@@ -373,13 +397,13 @@ impl Translator {
 
 impl State {
     /// Finds the Services whose input changed, moving listener ports between them as
-    /// their claims change; returns every Service to retranslate.
+    /// their claims change.
     fn plan(
-        &mut self,
+        &self,
         model: &Model,
         changed: Option<&BTreeSet<ServiceKey>>,
         default_primary: Family,
-    ) -> BTreeSet<ServiceKey> {
+    ) -> Plan {
         let candidates: BTreeSet<ServiceKey> = match changed {
             Some(keys) => keys.clone(),
             None => model
@@ -389,7 +413,7 @@ impl State {
                 .cloned()
                 .collect(),
         };
-        let mut dirty = BTreeSet::new();
+        let mut plan = Plan::default();
         for key in candidates {
             let current = model.services.get(&key).map(|service| {
                 let primary = effective_primary(service, model, default_primary);
@@ -405,61 +429,47 @@ impl State {
                 (&claims, known),
                 (Some(new), Some(known)) if *new == known.claims
             );
+            // Listener ports change hands only when claims change: other Services are
+            // retranslated then, not when only endpoints move.
             if !same_claims {
-                // Listener ports change hands only when claims change: other Services
-                // are retranslated then, not when only endpoints move.
-                self.release_claims(&key, &mut dirty);
+                for claim in known.iter().flat_map(|k| &k.claims) {
+                    let owners = plan.owners_mut(self, *claim);
+                    owners.remove(&key);
+                    let others: Vec<ServiceKey> = owners.iter().cloned().collect();
+                    plan.dirty.extend(others);
+                }
             }
-            match (current, claims) {
+            let record = match (current, claims) {
                 (Some((_, digest)), Some(claims)) => {
                     if !same_claims {
-                        self.claim(&key, &claims, &mut dirty);
+                        for claim in &claims {
+                            // Whoever held the port may lose it: retranslate every claimant.
+                            let owners = plan.owners_mut(self, *claim);
+                            let others: Vec<ServiceKey> = owners.iter().cloned().collect();
+                            owners.insert(key.clone());
+                            plan.dirty.extend(others);
+                        }
                     }
-                    self.known.insert(key.clone(), Known { digest, claims });
+                    Some(Known { digest, claims })
                 }
-                _ => {
-                    self.known.remove(&key);
-                }
-            }
-            dirty.insert(key);
+                _ => None,
+            };
+            plan.known.insert(key.clone(), record);
+            plan.dirty.insert(key);
         }
-        dirty
-    }
-
-    fn claim(&mut self, key: &ServiceKey, claims: &[PortClaim], dirty: &mut BTreeSet<ServiceKey>) {
-        for claim in claims {
-            let owners = self.claims.entry(*claim).or_default();
-            // Whoever held the port may lose it: retranslate every claimant.
-            dirty.extend(owners.iter().cloned());
-            owners.insert(key.clone());
-        }
-    }
-
-    fn release_claims(&mut self, key: &ServiceKey, dirty: &mut BTreeSet<ServiceKey>) {
-        let Some(known) = self.known.get(key) else {
-            return;
-        };
-        for claim in known.claims.clone() {
-            if let Some(owners) = self.claims.get_mut(&claim) {
-                owners.remove(key);
-                dirty.extend(owners.iter().cloned());
-                if owners.is_empty() {
-                    self.claims.remove(&claim);
-                }
-            }
-        }
+        plan
     }
 
     /// Puts the new outputs into every group's snapshot and builds them.
     fn assemble(
-        &mut self,
-        outputs: Vec<(ServiceKey, Option<Output>)>,
-    ) -> Result<(), InconsistentSnapshot> {
+        &self,
+        outputs: &[(ServiceKey, Option<Output>)],
+    ) -> Result<Groups, InconsistentSnapshot> {
         let mut dual = self.groups.dual.edit();
         let mut ipv4 = self.groups.ipv4.edit();
         let mut ipv6 = self.groups.ipv6.edit();
         let mut proxyless = self.groups.proxyless.edit();
-        for (key, new) in &outputs {
+        for (key, new) in outputs {
             let old = self.outputs.get(key).map(Arc::as_ref);
             let only_endpoints =
                 matches!((old, new), (Some(old), Some(new)) if old.structure == new.structure);
@@ -495,27 +505,44 @@ impl State {
             single.share(&dual, ResourceType::Cluster);
             single.share(&dual, ResourceType::Endpoint);
         }
-        self.groups = Groups {
+        Ok(Groups {
             ipv4: ipv4.build()?,
             ipv6: ipv6.build()?,
             proxyless: proxyless.build()?,
             dual,
-        };
+        })
+    }
+
+    /// Makes the plan, the outputs and the snapshots built from them the committed state.
+    fn commit(&mut self, plan: Plan, outputs: Vec<(ServiceKey, Option<Output>)>, groups: Groups) {
+        for (key, record) in plan.known {
+            match record {
+                Some(record) => self.known.insert(key, record),
+                None => self.known.remove(&key),
+            };
+        }
+        for (claim, owners) in plan.claims {
+            if owners.is_empty() {
+                self.claims.remove(&claim);
+            } else {
+                self.claims.insert(claim, owners);
+            }
+        }
         for (key, output) in outputs {
             match output {
                 Some(output) => self.outputs.insert(key, Arc::new(output)),
                 None => self.outputs.remove(&key),
             };
         }
-        Ok(())
+        self.groups = groups;
     }
 }
 
 /// A Service's resources: clusters, listeners and routes are reused from `old` when what
 /// they depend on is unchanged; the ClusterLoadAssignments are assembled from the
 /// Service's encoded slices.
-fn translate(
-    claims: &OrdMap<PortClaim, OrdSet<ServiceKey>>,
+fn translate<'a>(
+    owners: impl Fn(&PortClaim) -> Option<&'a ServiceKey>,
     key: &ServiceKey,
     service: &Service,
     endpoints: &Endpoints,
@@ -526,11 +553,7 @@ fn translate(
     let owners: Vec<Option<&ServiceKey>> = service
         .ports
         .iter()
-        .map(|p| {
-            claims
-                .get(&(p.listener_port, p.kind == PortKind::Udp))
-                .and_then(|o| o.get_min())
-        })
+        .map(|p| owners(&(p.listener_port, p.kind == PortKind::Udp)))
         .collect();
     let structure = structure_digest(service, &owners);
     let mut output = match old {
