@@ -17,7 +17,6 @@ use crate::model::{Family, ListenerFamilies, ObjectKey};
 use crate::pipeline::{Pipeline, PipelineMetrics};
 use crate::server::{ClientRegistry, XdsServer};
 use crate::snapshot::json::snapshot_json;
-use crate::snapshot::ResourceType;
 use crate::snapshot::SnapshotCache;
 use crate::sources::debounce::{Debounce, Instant};
 use crate::sources::kube::{self, SourceMetrics};
@@ -336,112 +335,10 @@ impl Bootstrap {
 impl Status {
     async fn run(self) -> anyhow::Result<()> {
         let Status { admin_addr } = self;
-        let clients: Vec<serde_json::Value> = admin_get_json(admin_addr, "/debug/clients").await?;
-        print!("{}", status_table(&clients));
+        let clients = crate::status::clients(admin_addr).await?;
+        print!("{}", crate::status::table(&clients));
         Ok(())
     }
-}
-
-/// GET a JSON document from the admin API (plain HTTP/1.1 on loopback, no client crate).
-async fn admin_get_json<T: serde::de::DeserializeOwned>(
-    addr: SocketAddr,
-    path: &str,
-) -> anyhow::Result<T> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to the admin API at {addr}"))?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("a malformed HTTP response from the admin API")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        anyhow::bail!("{addr}{path}: {}", head.lines().next().unwrap_or_default());
-    }
-    serde_json::from_str(body).with_context(|| format!("decoding {path}"))
-}
-
-/// One row per stream, from `/debug/clients`: node, its cluster and families, the
-/// stream kind, per type the acked version, what is pending, the last NACK.
-pub fn status_table(clients: &[serde_json::Value]) -> String {
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-    let mut rows = vec![[
-        "NODE".to_string(),
-        "CLUSTER".into(),
-        "FAMILIES".into(),
-        "STREAM".into(),
-        "ACKED (cds eds lds rds)".into(),
-        "PENDING".into(),
-        "LAST NACK".into(),
-    ]];
-    for c in clients {
-        let types = c["types"].as_array().cloned().unwrap_or_default();
-        let of = |ty: ResourceType| types.iter().find(|t| t["type_url"] == ty.type_url());
-        let acked: Vec<String> = ResourceType::ALL
-            .into_iter()
-            .map(|ty| {
-                of(ty)
-                    .and_then(|t| t["acked_version"].as_str())
-                    .map_or("-".to_string(), |v| v[..v.len().min(8)].to_string())
-            })
-            .collect();
-        let pending: Vec<&str> = ResourceType::ALL
-            .into_iter()
-            .filter(|ty| of(*ty).is_some_and(|t| !t["pending_nonce"].is_null()))
-            .map(ResourceType::short_name)
-            .collect();
-        let nack = ResourceType::ALL
-            .into_iter()
-            .filter_map(|ty| {
-                let message = of(ty)?["last_nack"]["message"].as_str()?;
-                Some(format!(
-                    "{}: {}",
-                    ty.short_name(),
-                    message.lines().next().unwrap_or_default()
-                ))
-            })
-            .next_back()
-            .unwrap_or_else(|| "-".into());
-        let kind = format!(
-            "{}{}",
-            text(&c["kind"]),
-            if c["aggregated"] == true { " ads" } else { "" }
-        );
-        rows.push([
-            text(&c["node_id"]),
-            text(&c["cluster"]),
-            text(&c["group"]),
-            kind,
-            acked.join(" "),
-            if pending.is_empty() {
-                "-".into()
-            } else {
-                pending.join(",")
-            },
-            nack,
-        ]);
-    }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 /// SIGINT or SIGTERM (what Kubernetes sends a pod).

@@ -21,4 +21,5 @@ pub mod pipeline;
 pub mod server;
 pub mod snapshot;
 pub mod sources;
+pub mod status;
 pub mod translate;
