@@ -1,5 +1,7 @@
-//! Admin HTTP (`--admin-addr`): health, readiness, Prometheus metrics, and the debug
-//! views of what is served (`/debug/resources`) and to whom (`/debug/clients`).
+//! Admin HTTP: health, readiness and Prometheus metrics (`--admin-addr`), and the debug
+//! views of what is served (`/debug/resources`) and to whom (`/debug/clients`), which
+//! show every client's configuration and so are served only on loopback: on the admin
+//! address when it is a loopback one, and wherever `--debug-addr` opens them.
 
 use std::sync::Arc;
 
@@ -28,20 +30,42 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn router(self) -> Router {
-        Router::new()
+    /// Probes and metrics; with `debug`, the debug views too.
+    pub fn router(self, debug: bool) -> Router {
+        let router = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
-            .route("/debug/resources", get(resources))
-            .route("/debug/clients", get(clients))
-            .with_state(self)
+            .route("/metrics", get(metrics));
+        let router = if debug {
+            router.merge(debug_routes())
+        } else {
+            router
+        };
+        router.with_state(self)
     }
 
-    /// Serves until the process ends.
-    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).await
+    /// The debug views alone.
+    pub fn debug_router(self) -> Router {
+        debug_routes().with_state(self)
     }
+
+    /// Serves probes and metrics on `listener` until the process ends, and the debug
+    /// views too when it is bound to loopback.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let debug = listener.local_addr()?.ip().is_loopback();
+        axum::serve(listener, self.router(debug)).await
+    }
+
+    /// Serves the debug views on `listener` until the process ends.
+    pub async fn serve_debug(self, listener: TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.debug_router()).await
+    }
+}
+
+fn debug_routes() -> Router<Admin> {
+    Router::new()
+        .route("/debug/resources", get(resources))
+        .route("/debug/clients", get(clients))
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {

@@ -12,10 +12,14 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use crate::admin::Admin;
-use crate::bootstrap::{self, BootstrapOptions};
+use crate::bootstrap::{self, BootstrapOptions, BootstrapTls};
+use crate::certs::{self, CertsOptions};
 use crate::model::{Family, ListenerFamilies, ObjectKey};
 use crate::pipeline::{Pipeline, PipelineMetrics};
-use crate::server::{ClientRegistry, XdsServer};
+use crate::server::authorization::{IdentityTemplate, NodeAuthorization};
+use crate::server::limits::{parse_bytes, Limits};
+use crate::server::transport::{ReloadingTls, TlsFiles};
+use crate::server::{ClientRegistry, ServerOptions, XdsServer};
 use crate::snapshot::json::snapshot_json;
 use crate::snapshot::SnapshotCache;
 use crate::sources::debounce::{Debounce, Instant};
@@ -46,6 +50,8 @@ enum Command {
     Bootstrap(Bootstrap),
     /// Print one row per connected client, from a running server's admin API.
     Status(Status),
+    /// Write a CA, a server certificate and per-fleet client certificates for mTLS.
+    Certs(Certs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +80,39 @@ struct Bootstrap {
     /// A gRPC xDS bootstrap (GRPC_XDS_BOOTSTRAP) for proxyless clients instead.
     #[arg(long)]
     grpc: bool,
+    /// mTLS to the server with the certificate, key and CA in this directory (tls.crt,
+    /// tls.key, ca.crt: a fleet's directory from `certs`, or its mounted Secret).
+    #[arg(long)]
+    tls_dir: Option<String>,
+    /// Where Envoy reads the SDS files that point at --tls-dir's files (and reloads them
+    /// when they are rotated) [default: --tls-dir].
+    #[arg(long, requires = "tls_dir", conflicts_with = "grpc")]
+    sds_dir: Option<String>,
+    /// Write those SDS files into --sds-dir too.
+    #[arg(long, requires = "tls_dir", conflicts_with = "grpc")]
+    write_sds: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct Certs {
+    /// Directory for the CA (ca.crt, ca.key: kept there and reused by later runs), the
+    /// server's and each fleet's certificate (a directory each: tls.crt, tls.key,
+    /// ca.crt), and secrets.yaml (the Kubernetes Secrets).
+    #[arg(long)]
+    out: PathBuf,
+    /// The namespace of the control plane and of the Secrets.
+    #[arg(long, default_value = "dualstack-xds")]
+    namespace: String,
+    /// A fleet to issue a client certificate for (repeatable); its nodes' `cluster` must
+    /// be this name [default: ingress-ipv4, ingress-ipv6].
+    #[arg(long = "fleet")]
+    fleets: Vec<String>,
+    /// Another name or IP address the server certificate is valid for (repeatable).
+    #[arg(long = "server-name")]
+    server_names: Vec<String>,
+    /// Validity of the server and client certificates, in days.
+    #[arg(long, default_value_t = 90)]
+    days: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,9 +191,32 @@ struct Serve {
     /// Address the xDS gRPC server listens on.
     #[arg(long, default_value = "[::]:18000")]
     xds_addr: SocketAddr,
-    /// Address of the admin HTTP server (/healthz, /readyz, /metrics).
+    /// Address of the admin HTTP server (/healthz, /readyz, /metrics; and /debug/* when
+    /// it is a loopback address).
     #[arg(long, default_value = "127.0.0.1:9100")]
     admin_addr: SocketAddr,
+    /// Serve the debug views (/debug/resources, /debug/clients: every client's
+    /// configuration) on this address too. They are never served on a non-loopback
+    /// admin address; this flag is how to open them elsewhere.
+    #[arg(long)]
+    debug_addr: Option<SocketAddr>,
+    /// TLS on the xDS port: the certificate chain (PEM), reloaded when the file changes.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM), reloaded with it.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// mTLS: clients must present a certificate signed by this CA (PEM), reloaded when
+    /// the file changes.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Which client certificate may claim which node (repeatable; needs --tls-client-ca):
+    /// a template over {cluster} and {node_id} that must equal one of the certificate's
+    /// URI or DNS names [default with mTLS: spiffe://dualstack-xds/fleet/{cluster}].
+    #[arg(long = "authorize-node", requires = "tls_client_ca")]
+    authorize_node: Vec<IdentityTemplate>,
+    #[command(flatten)]
+    limits: LimitFlags,
     /// Quiet period that ends a burst of changes before they are published.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     debounce: std::time::Duration,
@@ -166,6 +228,60 @@ struct Serve {
     log_format: LogFormat,
 }
 
+/// What one client may take of the xDS server.
+#[derive(Debug, clap::Args)]
+struct LimitFlags {
+    /// xDS streams open at once, all clients together.
+    #[arg(long, default_value_t = Limits::default().max_streams)]
+    max_streams: usize,
+    /// xDS streams open at once on one connection.
+    #[arg(long, default_value_t = Limits::default().max_streams_per_connection)]
+    max_streams_per_connection: usize,
+    /// The largest request message.
+    #[arg(long, default_value = "16MiB", value_parser = parse_bytes)]
+    max_request_bytes: usize,
+    /// Resource names one request may carry.
+    #[arg(long, default_value_t = Limits::default().max_names_per_request)]
+    max_names_per_request: usize,
+    /// Requests per second on one stream (bursts of twice as many pass).
+    #[arg(long, default_value_t = Limits::default().requests_per_second)]
+    max_requests_per_second: u32,
+    /// HTTP/2 PING interval on xDS connections.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    keepalive_interval: std::time::Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    keepalive_timeout: std::time::Duration,
+    /// An xDS connection without any stream for this long is closed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    idle_timeout: std::time::Duration,
+}
+
+impl From<LimitFlags> for Limits {
+    fn from(flags: LimitFlags) -> Limits {
+        let LimitFlags {
+            max_streams,
+            max_streams_per_connection,
+            max_request_bytes,
+            max_names_per_request,
+            max_requests_per_second,
+            keepalive_interval,
+            keepalive_timeout,
+            idle_timeout,
+        } = flags;
+        Limits {
+            max_streams,
+            max_streams_per_connection,
+            max_request_bytes,
+            max_names_per_request,
+            requests_per_second: max_requests_per_second,
+            keepalive_interval,
+            keepalive_timeout,
+            idle_timeout,
+        }
+    }
+}
+
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
@@ -173,6 +289,7 @@ impl Cli {
             Command::Render(render) => render.run(),
             Command::Bootstrap(bootstrap) => bootstrap.run(),
             Command::Status(status) => status.run().await,
+            Command::Certs(certs) => certs.run(),
         }
     }
 }
@@ -185,6 +302,12 @@ impl Serve {
             selection,
             xds_addr,
             admin_addr,
+            debug_addr,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            authorize_node,
+            limits,
             debounce,
             debounce_max,
             log_format,
@@ -205,10 +328,47 @@ impl Serve {
             cache: cache.clone(),
             clients: clients.clone(),
         };
+        let tls = match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => Some(
+                ReloadingTls::load(TlsFiles {
+                    cert,
+                    key,
+                    client_ca: tls_client_ca,
+                })
+                .context("loading the TLS files of the xDS port")?,
+            ),
+            _ => None,
+        };
+        let authorization = tls
+            .as_ref()
+            .filter(|tls| tls.verifies_clients())
+            .map(|_| Arc::new(NodeAuthorization::new(authorize_node)));
+        let options = ServerOptions {
+            tls,
+            authorization,
+            limits: limits.into(),
+        };
         let admin_listener = TcpListener::bind(admin_addr)
             .await
             .with_context(|| format!("binding the admin address {admin_addr}"))?;
-        info!(addr = %admin_listener.local_addr()?, "serving admin HTTP");
+        let debug_listener = match debug_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the debug address {addr}"))?,
+            ),
+            None => None,
+        };
+        info!(addr = %admin_listener.local_addr()?, debug_views = admin_addr.ip().is_loopback(), "serving admin HTTP");
+        if let Some(listener) = debug_listener {
+            info!(addr = %listener.local_addr()?, "serving the debug views");
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                if let Err(error) = admin.serve_debug(listener).await {
+                    tracing::error!(%error, "debug HTTP server failed");
+                }
+            });
+        }
         tokio::spawn(async move {
             if let Err(error) = admin.serve(admin_listener).await {
                 tracing::error!(%error, "admin HTTP server failed");
@@ -241,9 +401,14 @@ impl Serve {
         let listener = TcpListener::bind(xds_addr)
             .await
             .with_context(|| format!("binding the xDS address {xds_addr}"))?;
-        info!(addr = %listener.local_addr()?, "serving xDS");
+        info!(
+            addr = %listener.local_addr()?,
+            tls = options.tls.is_some(),
+            mtls = options.authorization.is_some(),
+            "serving xDS"
+        );
         let grouping: crate::server::NodeGrouping = Arc::new(translate::node_group);
-        let server = XdsServer::new(cache, grouping, clients);
+        let server = XdsServer::with_options(cache, grouping, clients, options);
         server.serve(listener, shutdown_signal()).await?;
         Ok(())
     }
@@ -313,7 +478,19 @@ impl Bootstrap {
             delta,
             admin_address,
             grpc,
+            tls_dir,
+            sds_dir,
+            write_sds,
         } = self;
+        let tls = tls_dir.map(|cert_dir| BootstrapTls {
+            sds_dir: sds_dir.unwrap_or_else(|| cert_dir.clone()),
+            cert_dir,
+        });
+        if let (Some(tls), true) = (&tls, write_sds) {
+            for (path, text) in bootstrap::sds_files(tls) {
+                std::fs::write(&path, text).with_context(|| format!("writing {path}"))?;
+            }
+        }
         let options = BootstrapOptions {
             node_id,
             cluster,
@@ -321,6 +498,7 @@ impl Bootstrap {
             xds_address,
             delta,
             admin_address,
+            tls,
         };
         let text = if grpc {
             serde_json::to_string_pretty(&bootstrap::grpc(&options).map_err(anyhow::Error::msg)?)?
@@ -328,6 +506,34 @@ impl Bootstrap {
             bootstrap::envoy_yaml(&options).map_err(anyhow::Error::msg)?
         };
         println!("{}", text.trim_end());
+        Ok(())
+    }
+}
+
+impl Certs {
+    fn run(self) -> anyhow::Result<()> {
+        let Certs {
+            out,
+            namespace,
+            fleets,
+            server_names,
+            days,
+        } = self;
+        let fleets = if fleets.is_empty() {
+            vec!["ingress-ipv4".into(), "ingress-ipv6".into()]
+        } else {
+            fleets
+        };
+        let written = certs::generate(&CertsOptions {
+            out,
+            namespace,
+            fleets,
+            server_names,
+            days,
+        })?;
+        for path in written {
+            println!("{}", path.display());
+        }
         Ok(())
     }
 }

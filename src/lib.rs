@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod certs;
 pub mod cli;
 pub mod model;
 pub mod pipeline;

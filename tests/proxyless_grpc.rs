@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::python::{greeter, Py};
 use common::*;
 use dualstack_xds::snapshot::{ResourceType, Snapshot, SnapshotSet};
 use dualstack_xds::translate::{self, PROXYLESS_GROUP};
@@ -25,55 +24,6 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A Python process killed on drop, its stdout lines collected.
-struct Py {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Py {
-    fn start(script: &str, args: &[&str], env: &[(&str, &str)]) -> Py {
-        let mut child = Command::new(python_binary())
-            .arg(repo_path(&format!("tests/grpc/{script}")))
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Py { child, lines }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Py {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A greeter answering `tag`, on `bind` (`127.0.0.1` or `[::1]`); returns its port.
-async fn greeter(bind: &str, tag: &str) -> (Py, u16) {
-    let py = Py::start("greeter.py", &[&format!("{bind}:0"), tag], &[]);
-    let port = eventually("the greeter's port", WAIT, || async {
-        py.lines().first()?.parse::<u16>().ok()
-    })
-    .await;
-    (py, port)
-}
 
 fn write_manifests(dir: &std::path::Path, family: &str, v4_port: u16, v6_port: u16) {
     std::fs::write(
@@ -96,16 +46,17 @@ fn write_manifests(dir: &std::path::Path, family: &str, v4_port: u16, v6_port: u
     std::fs::write(dir.join("greeter.yaml"), manifests::yaml(&objects)).unwrap();
 }
 
-fn grpc_bootstrap(dir: &std::path::Path, node: &str, xds: SocketAddr) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
-        .args(["bootstrap", "--grpc", "--node-id", node, "--xds-address"])
-        .arg(xds.to_string())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+/// A gRPC xDS bootstrap file written by `bootstrap --grpc`, with `extra` arguments.
+fn grpc_bootstrap_with(dir: &std::path::Path, node: &str, xds: &str, extra: &[&str]) -> String {
+    let mut args = vec!["bootstrap", "--grpc", "--node-id", node, "--xds-address", xds];
+    args.extend(extra);
     let path = dir.join(format!("{node}.json"));
-    std::fs::write(&path, out.stdout).unwrap();
+    std::fs::write(&path, run_binary(&args)).unwrap();
     path.display().to_string()
+}
+
+fn grpc_bootstrap(dir: &std::path::Path, node: &str, xds: SocketAddr) -> String {
+    grpc_bootstrap_with(dir, node, &xds.to_string(), &[])
 }
 
 const TARGETS: [&str; 2] = [
@@ -288,4 +239,80 @@ async fn a_resource_grpc_rejects_is_reported_as_a_nack() {
     );
     assert_eq!(server.registry.metrics.nacks(ResourceType::Listener), 1);
     drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_over_mtls_with_its_fleet_certificate() {
+    let (_v4, v4_port) = greeter("127.0.0.1", "v4").await;
+    let (_v6, v6_port) = greeter("[::1]", "v6").await;
+    let config = tempfile::tempdir().unwrap();
+    write_manifests(config.path(), "IPv4", v4_port, v6_port);
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path().display().to_string();
+    run_binary(&[
+        "certs",
+        "--out",
+        &dir,
+        "--fleet",
+        "grpc-clients",
+        "--fleet",
+        "batch-jobs",
+    ]);
+    let server = |file: &str| format!("{dir}/server/{file}");
+    let serve = ServeProcess::start(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--manifests".into(),
+            config.path().display().to_string(),
+            "--tls-cert".into(),
+            server("tls.crt"),
+            "--tls-key".into(),
+            server("tls.key"),
+            "--tls-client-ca".into(),
+            server("ca.crt"),
+        ],
+    );
+    serve.wait_ready().await;
+    let xds = serve.xds.to_string();
+    // The grpc-clients fleet's certificate, and a node of that fleet: served.
+    let bootstrap = grpc_bootstrap_with(
+        config.path(),
+        "py-tls",
+        &xds,
+        &["--cluster", "grpc-clients", "--tls-dir", &format!("{dir}/grpc-clients")],
+    );
+    let client = Py::start(
+        "client.py",
+        &TARGETS,
+        &[("GRPC_XDS_BOOTSTRAP", bootstrap.as_str())],
+    );
+    answering(&client, "v4", 0).await;
+    assert!(errors(&client).is_empty(), "{:?}", errors(&client));
+
+    // Another fleet's certificate claiming grpc-clients: refused, no RPC resolves.
+    let impostor = grpc_bootstrap_with(
+        config.path(),
+        "py-impostor",
+        &xds,
+        &["--cluster", "grpc-clients", "--tls-dir", &format!("{dir}/batch-jobs")],
+    );
+    let refused = Py::start(
+        "client.py",
+        &TARGETS,
+        &[("GRPC_XDS_BOOTSTRAP", impostor.as_str())],
+    );
+    eventually("the impostor's refusal is counted", WAIT, || async {
+        (serve
+            .metric("dualstack_xds_authorization_denied_total{reason=\"mismatch\"}")
+            .await
+            >= 1)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !refused.lines().iter().any(|l| l.starts_with("OK")),
+        "{:?}",
+        refused.lines()
+    );
 }

@@ -83,12 +83,43 @@ struct TypeLabels {
     r#type: &'static str,
 }
 
-/// xDS metrics (names get the `dualstack_xds_` prefix from the registry).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Every limit, as metrics label it.
+pub const LIMITS: [&str; 7] = [
+    "streams",
+    "streams_per_connection",
+    "request_bytes",
+    "names_per_request",
+    "requests_per_second",
+    "idle_timeout",
+    "keepalive",
+];
+
+/// xDS metrics (names get the `dualstack_xds_` prefix from the registry). Cloning shares
+/// the series.
+#[derive(Clone, Debug, Default)]
 pub struct XdsMetrics {
     connected_clients: Family<KindLabels, Gauge>,
     responses: Family<TypeLabels, Counter>,
     nacks: Family<TypeLabels, Counter>,
+    limits_exceeded: Family<LimitLabels, Counter>,
+    authorization_denied: Family<ReasonLabels, Counter>,
+    tls_handshake_failures: Counter,
+    tls_reloads: Family<ResultLabels, Counter>,
 }
 
 impl XdsMetrics {
@@ -108,6 +139,68 @@ impl XdsMetrics {
             "Responses rejected by clients (NACKs), by resource type",
             self.nacks.clone(),
         );
+        registry.register(
+            "limit_exceeded",
+            "Requests, streams and connections refused or closed by a limit, by limit",
+            self.limits_exceeded.clone(),
+        );
+        registry.register(
+            "authorization_denied",
+            "Clients refused because their certificate does not authorize the node they claim (PermissionDenied), by reason",
+            self.authorization_denied.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on the xDS port that failed or timed out (no or a wrong client certificate, plaintext)",
+            self.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Rotations of the xDS port's TLS files, by result (ok, error: the files in use stay)",
+            self.tls_reloads.clone(),
+        );
+        // Zero from the start, so alerts see the series.
+        for limit in LIMITS {
+            self.limits_exceeded.get_or_create(&LimitLabels { limit }).get();
+        }
+        for reason in ["no_identity", "mismatch"] {
+            self.authorization_denied
+                .get_or_create(&ReasonLabels { reason })
+                .get();
+        }
+        for result in ["ok", "error"] {
+            self.tls_reloads.get_or_create(&ResultLabels { result }).get();
+        }
+    }
+
+    pub(crate) fn limit_exceeded(&self, limit: &'static str) {
+        self.limits_exceeded
+            .get_or_create(&LimitLabels { limit })
+            .inc();
+    }
+
+    /// Times a limit was hit.
+    pub fn limits_exceeded(&self, limit: &'static str) -> u64 {
+        self.limits_exceeded
+            .get_or_create(&LimitLabels { limit })
+            .get()
+    }
+
+    pub(crate) fn authorization_denied(&self, reason: &'static str) {
+        self.authorization_denied
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
+    }
+
+    pub(crate) fn tls_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     fn connected(&self, kind: StreamKind) -> Gauge {

@@ -21,8 +21,10 @@ use envoy_types::pb::envoy::service::status::v3::{
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::authorization::NodeAuthorization;
 use super::clients::ClientRegistry;
 use super::protocol::StreamStatus;
+use super::transport::Peer;
 
 /// Every stream's resources and their status. With `exclude_contents`, resources are
 /// listed without their bodies.
@@ -76,14 +78,26 @@ pub fn client_status(streams: &[StreamStatus], exclude_contents: bool) -> Client
 #[derive(Clone)]
 pub struct Csds {
     registry: Arc<ClientRegistry>,
+    /// With mTLS: a client sees the nodes its certificate may claim, and no others.
+    authorization: Option<Arc<NodeAuthorization>>,
 }
 
 impl Csds {
-    pub fn service(registry: Arc<ClientRegistry>) -> ClientStatusDiscoveryServiceServer<Csds> {
-        ClientStatusDiscoveryServiceServer::new(Csds { registry })
+    pub fn service(
+        registry: Arc<ClientRegistry>,
+        authorization: Option<Arc<NodeAuthorization>>,
+    ) -> ClientStatusDiscoveryServiceServer<Csds> {
+        ClientStatusDiscoveryServiceServer::new(Csds {
+            registry,
+            authorization,
+        })
     }
 
-    fn answer(&self, request: &ClientStatusRequest) -> ClientStatusResponse {
+    fn answer(
+        &self,
+        peer: Option<&Peer>,
+        request: &ClientStatusRequest,
+    ) -> Result<ClientStatusResponse, Status> {
         let streams = self.registry.clients();
         let mut response = client_status(&streams, request.exclude_resource_contents);
         // A request naming a node asks about that node only.
@@ -92,7 +106,23 @@ impl Csds {
                 .config
                 .retain(|c| c.node.as_ref().is_some_and(|n| n.id == node.id));
         }
+        let Some(rules) = &self.authorization else {
+            return Ok(response);
+        };
+        let identities = peer.and_then(|p| p.identities.clone()).unwrap_or_else(|| Arc::new([]));
+        let allowed = |node: &Node| rules.check(&identities, node);
+        if let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) {
+            // Asking about a node by name: the certificate must authorize it as claimed.
+            if let Err(denied) = allowed(node) {
+                self.registry.metrics.authorization_denied(denied.reason());
+                tracing::warn!(peer = ?peer.and_then(|p| p.addr), %denied, "refusing a CSDS request for a node the client's certificate does not name");
+                return Err(Status::permission_denied(denied.to_string()));
+            }
+        }
         response
+            .config
+            .retain(|c| c.node.as_ref().is_some_and(|n| allowed(n).is_ok()));
+        Ok(response)
     }
 }
 
@@ -107,8 +137,10 @@ impl ClientStatusDiscoveryService for Csds {
         request: Request<Streaming<ClientStatusRequest>>,
     ) -> Result<Response<Self::StreamClientStatusStream>, Status> {
         let this = self.clone();
+        let peer = request.extensions().get::<Peer>().cloned();
         let requests = request.into_inner();
-        let responses = requests.map(move |request| request.map(|r| this.answer(&r)));
+        let responses =
+            requests.map(move |request| request.and_then(|r| this.answer(peer.as_ref(), &r)));
         Ok(Response::new(Box::pin(responses)))
     }
 
@@ -116,6 +148,7 @@ impl ClientStatusDiscoveryService for Csds {
         &self,
         request: Request<ClientStatusRequest>,
     ) -> Result<Response<ClientStatusResponse>, Status> {
-        Ok(Response::new(self.answer(request.get_ref())))
+        let peer = request.extensions().get::<Peer>();
+        Ok(Response::new(self.answer(peer, request.get_ref())?))
     }
 }

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -17,17 +18,22 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use http_body::Frame;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::sync::{mpsc, watch};
 use tonic::codec::{Codec, Streaming};
 use tonic::server::NamedService;
 use tonic::Status;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
+use super::authorization::NodeAuthorization;
 use super::clients::ClientRegistry;
+use super::limits::{CountedStream, Limits, RequestRate, StreamCount};
 use super::protocol::delta::DeltaStream;
 use super::protocol::sotw::SotwStream;
-use super::protocol::{Event, Machine, NodeGrouping, ProtocolError, Response, Scope, SotwResponse};
+use super::protocol::{
+    Event, Machine, NodeGrouping, ProtocolError, Response, Scope, SotwResponse,
+    StreamAuthorization, StreamPolicy,
+};
+use super::transport::{incoming, OpenStream, Peer, ReloadingTls};
 use super::wire::Frames;
 use crate::snapshot::{ResourceType, SnapshotCache};
 
@@ -36,8 +42,18 @@ use crate::snapshot::{ResourceType, SnapshotCache};
 /// bound is never reached by a well-behaved peer; a stuck peer blocks only its own task.
 const STREAM_BUFFER: usize = 8;
 
-/// Largest request accepted (a SotW EDS request names every cluster).
-const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+/// How often the TLS files are checked for a rotation.
+const TLS_RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// How the xDS port is served: TLS, node authorization, limits.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// TLS (and mTLS when it verifies client certificates); plaintext when `None`.
+    pub tls: Option<Arc<ReloadingTls>>,
+    /// Which certificate may claim which node; only with mTLS.
+    pub authorization: Option<Arc<NodeAuthorization>>,
+    pub limits: Limits,
+}
 
 /// The xDS server: every discovery service, sharing one cache and one client registry.
 #[derive(Clone)]
@@ -49,19 +65,36 @@ struct Inner {
     cache: SnapshotCache,
     grouping: NodeGrouping,
     registry: Arc<ClientRegistry>,
+    options: ServerOptions,
+    streams: StreamCount,
+    /// Set when the server shuts down: every stream ends at once.
+    stopping: watch::Sender<bool>,
 }
 
 impl XdsServer {
+    /// A plaintext server with the default limits.
     pub fn new(
         cache: SnapshotCache,
         grouping: NodeGrouping,
         registry: Arc<ClientRegistry>,
+    ) -> Self {
+        Self::with_options(cache, grouping, registry, ServerOptions::default())
+    }
+
+    pub fn with_options(
+        cache: SnapshotCache,
+        grouping: NodeGrouping,
+        registry: Arc<ClientRegistry>,
+        options: ServerOptions,
     ) -> Self {
         XdsServer {
             inner: Arc::new(Inner {
                 cache,
                 grouping,
                 registry,
+                options,
+                streams: StreamCount::default(),
+                stopping: watch::channel(false).0,
             }),
         }
     }
@@ -71,21 +104,66 @@ impl XdsServer {
     }
 
     /// Serves ADS, the CDS, EDS, LDS and RDS services and CSDS on `listener` until
-    /// `shutdown`.
+    /// `shutdown`; then every stream is ended with `UNAVAILABLE`, so clients reconnect
+    /// to another replica at once, and the connections are closed.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
+        let options = &self.inner.options;
+        let limits = options.limits;
+        let metrics = self.inner.registry.metrics.clone();
+        if let Some(tls) = &options.tls {
+            tls.clone().watch(TLS_RELOAD_CHECK, metrics.clone());
+        }
+        let incoming = incoming(
+            listener,
+            options.tls.clone(),
+            limits,
+            metrics,
+            self.inner.stopping.subscribe(),
+        );
+        let csds = super::csds::Csds::service(
+            self.inner.registry.clone(),
+            options.authorization.clone(),
+        );
+        let stopping = self.inner.stopping.clone();
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            // A backstop in HTTP/2 itself; the limit is counted (and answered with a
+            // status) per stream, with room for CSDS beside it.
+            .max_concurrent_streams(Some(
+                u32::try_from(limits.max_streams_per_connection.saturating_add(4))
+                    .unwrap_or(u32::MAX),
+            ))
             .add_service(AdsService(self.clone()))
             .add_service(CdsService(self.clone()))
             .add_service(EdsService(self.clone()))
             .add_service(LdsService(self.clone()))
             .add_service(RdsService(self.clone()))
-            .add_service(super::csds::Csds::service(self.inner.registry.clone()))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .add_service(csds)
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                stopping.send_replace(true);
+            })
             .await
+    }
+
+    /// The policy a stream of `peer` is held to.
+    fn policy(&self, peer: &Peer) -> StreamPolicy {
+        let options = &self.inner.options;
+        StreamPolicy {
+            authorization: options
+                .authorization
+                .clone()
+                .map(|rules| StreamAuthorization {
+                    rules,
+                    identities: peer.identities.clone().unwrap_or_else(|| Arc::new([])),
+                }),
+            max_names_per_request: options.limits.max_names_per_request,
+        }
     }
 
     /// Dispatches one gRPC call by method name (`Stream*`, `Delta*`, `Fetch*`).
@@ -101,25 +179,67 @@ impl XdsServer {
             .next()
             .unwrap_or_default()
             .to_owned();
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .cloned()
+            .unwrap_or_else(Peer::unknown);
         let body = request.into_body();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let span = info_span!("xds_stream", kind = field::Empty, node_id = field::Empty);
-        if method.starts_with("Stream") {
-            span.record("kind", "sotw");
-            let inbound = decode::<DiscoveryRequest, DiscoveryResponse>(body);
-            let machine = SotwStream::new(scope, self.inner.grouping.clone());
-            tokio::spawn(drive(machine, inbound, tx, self.inner.clone()).instrument(span));
-        } else if method.starts_with("Delta") {
-            span.record("kind", "delta");
-            let inbound = decode::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>(body);
-            let machine = DeltaStream::new(scope, self.inner.grouping.clone());
-            tokio::spawn(drive(machine, inbound, tx, self.inner.clone()).instrument(span));
+        let limits = self.inner.options.limits;
+        let metrics = &self.inner.registry.metrics;
+        let span = info_span!(
+            "xds_stream",
+            kind = field::Empty,
+            node_id = field::Empty,
+            peer = peer.addr.map(|a| a.to_string()).unwrap_or_default()
+        );
+        let policy = self.policy(&peer);
+        if method.starts_with("Stream") || method.starts_with("Delta") {
+            let Some(counted) = self.inner.streams.open(limits.max_streams) else {
+                metrics.limit_exceeded("streams");
+                let _ = tx
+                    .send(Err(Status::resource_exhausted(format!(
+                        "the server has {} xDS streams open, its limit; try another replica",
+                        limits.max_streams
+                    ))))
+                    .await;
+                return ResponseBody::response(rx);
+            };
+            let Some(on_connection) = peer.open_stream(limits.max_streams_per_connection) else {
+                metrics.limit_exceeded("streams_per_connection");
+                let _ = tx
+                    .send(Err(Status::resource_exhausted(format!(
+                        "a connection may carry at most {} xDS streams",
+                        limits.max_streams_per_connection
+                    ))))
+                    .await;
+                return ResponseBody::response(rx);
+            };
+            let counted = (counted, on_connection);
+            let grouping = self.inner.grouping.clone();
+            if method.starts_with("Stream") {
+                span.record("kind", "sotw");
+                let inbound = decode::<DiscoveryRequest, DiscoveryResponse>(body, limits);
+                let machine = SotwStream::with_policy(scope, grouping, policy);
+                let task = drive(machine, inbound, tx, self.inner.clone(), peer, counted);
+                tokio::spawn(task.instrument(span));
+            } else {
+                span.record("kind", "delta");
+                let inbound = decode::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>(body, limits);
+                let machine = DeltaStream::with_policy(scope, grouping, policy);
+                let task = drive(machine, inbound, tx, self.inner.clone(), peer, counted);
+                tokio::spawn(task.instrument(span));
+            }
         } else if let (true, Scope::Single(ty)) = (method.starts_with("Fetch"), scope) {
-            let mut inbound = decode::<DiscoveryRequest, DiscoveryResponse>(body);
+            let mut inbound = decode::<DiscoveryRequest, DiscoveryResponse>(body, limits);
             let answer = match inbound.message().await {
-                Ok(Some(request)) => self.fetch(ty, request).map(Frames::sotw),
+                Ok(Some(request)) => self
+                    .fetch(ty, request, policy)
+                    .map_err(|e| self.refused(e, &peer))
+                    .map(Frames::sotw),
                 Ok(None) => Err(Status::invalid_argument("no request message")),
-                Err(status) => Err(status),
+                Err(status) => Err(self.inbound_error(status)),
             };
             let _ = tx.send(answer).await;
         } else {
@@ -133,19 +253,20 @@ impl XdsServer {
     }
 
     /// A one-shot SotW fetch (the REST-style `Fetch*` methods).
-    fn fetch(&self, ty: ResourceType, req: DiscoveryRequest) -> Result<SotwResponse, Status> {
-        let set = self
-            .inner
-            .cache
-            .current()
-            .ok_or_else(|| Status::unavailable("no configuration has been published yet"))?;
-        let mut machine = SotwStream::new(Scope::Single(ty), self.inner.grouping.clone());
-        let outcome = machine
-            .on_request(req, Some(&set))
-            .map_err(ProtocolError::into_status)?;
+    fn fetch(
+        &self,
+        ty: ResourceType,
+        req: DiscoveryRequest,
+        policy: StreamPolicy,
+    ) -> Result<SotwResponse, ProtocolError> {
+        let mut machine =
+            SotwStream::with_policy(Scope::Single(ty), self.inner.grouping.clone(), policy);
+        let set = self.inner.cache.current();
+        let outcome = machine.on_request(req, set.as_deref())?;
         Ok(outcome.responses.into_iter().next().unwrap_or_else(|| {
-            // Nothing new for the client (it already has this version, or asked for names
-            // that don't exist): answer with the current version and no resources.
+            // Nothing new for the client (it already has this version, asked for names
+            // that don't exist, or nothing is published yet): answer with the current
+            // version and no resources.
             let version_info = machine
                 .status()
                 .types
@@ -160,15 +281,52 @@ impl XdsServer {
             }
         }))
     }
+
+    /// The status for a request refused by the protocol, counted and logged.
+    fn refused(&self, error: ProtocolError, peer: &Peer) -> Status {
+        refused(&self.inner, error, peer)
+    }
+
+    fn inbound_error(&self, status: Status) -> Status {
+        inbound_error(&self.inner, status)
+    }
 }
 
-fn decode<Req, Resp>(body: tonic::body::Body) -> Streaming<Req>
+/// The status for a request refused by the protocol, counted and logged with the peer.
+fn refused(shared: &Inner, error: ProtocolError, peer: &Peer) -> Status {
+    let metrics = &shared.registry.metrics;
+    let peer = peer.addr.map(|a| a.to_string()).unwrap_or_default();
+    match &error {
+        ProtocolError::Unauthorized(denied) => {
+            metrics.authorization_denied(denied.reason());
+            warn!(%peer, %error, "refusing a client that claims a node its certificate does not name");
+        }
+        ProtocolError::TooManyNames { .. } => {
+            metrics.limit_exceeded("names_per_request");
+            warn!(%peer, %error, "refusing a request over the names limit");
+        }
+        _ => warn!(%peer, %error, "rejecting stream"),
+    }
+    error.into_status()
+}
+
+/// A request the transport could not read: too large (counted), or the client's error.
+fn inbound_error(shared: &Inner, status: Status) -> Status {
+    // tonic says OUT_OF_RANGE for a message over the decoding limit.
+    if status.code() == tonic::Code::OutOfRange {
+        shared.registry.metrics.limit_exceeded("request_bytes");
+        return Status::resource_exhausted(status.message().to_owned());
+    }
+    status
+}
+
+fn decode<Req, Resp>(body: tonic::body::Body, limits: Limits) -> Streaming<Req>
 where
     Req: prost::Message + Default + Send + 'static,
     Resp: prost::Message + Send + 'static,
 {
     let decoder = tonic_prost::ProstCodec::<Resp, Req>::default().decoder();
-    Streaming::new_request(decoder, body, None, Some(MAX_REQUEST_BYTES))
+    Streaming::new_request(decoder, body, None, Some(limits.max_request_bytes))
 }
 
 /// A gRPC response body: the stream's responses as they come, then the status trailers.
@@ -233,18 +391,33 @@ async fn drive<M>(
     mut inbound: Streaming<M::Request>,
     tx: mpsc::Sender<Result<Frames, Status>>,
     shared: Arc<Inner>,
+    peer: Peer,
+    // Counted on the server and on its connection while the stream lives.
+    _counted: (CountedStream, OpenStream),
 ) where
     M: Machine,
     M::Response: Into<Frames>,
 {
     let client = shared.registry.connect(machine.status());
     let metrics = &shared.registry.metrics;
+    let limits = shared.options.limits;
+    let mut rate = RequestRate::new(limits.requests_per_second);
     let mut snapshots = shared.cache.watch();
+    let mut stopping = shared.stopping.subscribe();
     debug!("stream opened");
     loop {
         let outcome = tokio::select! {
             request = inbound.message() => match request {
                 Ok(Some(request)) => {
+                    if !rate.allow(tokio::time::Instant::now()) {
+                        metrics.limit_exceeded("requests_per_second");
+                        warn!("ending a stream over the request rate limit");
+                        let _ = tx.send(Err(Status::resource_exhausted(format!(
+                            "more than {} requests per second on one stream",
+                            limits.requests_per_second
+                        )))).await;
+                        break;
+                    }
                     let had_node = machine.node().is_some();
                     let set = snapshots.peek();
                     let result = machine.on_request(request, set.as_deref());
@@ -252,20 +425,24 @@ async fn drive<M>(
                         if let Some(id) = machine.node().map(|n| n.id.as_str()) {
                             Span::current().record("node_id", id);
                             info!("client connected");
+                            // Shown at once, even if nothing is sent to it (a client
+                            // resuming with the current versions).
+                            client.update(machine.status());
                         }
                     }
                     match result {
                         Ok(outcome) => outcome,
                         Err(error) => {
-                            warn!(%error, "rejecting stream");
-                            let _ = tx.send(Err(error.into_status())).await;
+                            let _ = tx.send(Err(refused(&shared, error, &peer))).await;
                             break;
                         }
                     }
                 }
                 Ok(None) => break,
                 Err(status) => {
+                    let status = inbound_error(&shared, status);
                     debug!(%status, "stream ended by the client");
+                    let _ = tx.send(Err(status)).await;
                     break;
                 }
             },
@@ -277,6 +454,12 @@ async fn drive<M>(
                     Some(set) => machine.on_snapshot(&set),
                     None => continue,
                 }
+            }
+            () = stopped(&mut stopping) => {
+                let _ = tx.send(Err(Status::unavailable(
+                    "the xDS server is shutting down; reconnect (to another replica)",
+                ))).await;
+                break;
             }
             _ = tx.closed() => break,
         };
@@ -307,6 +490,14 @@ async fn drive<M>(
         }
     }
     debug!("stream closed");
+}
+
+/// Returns once the server is shutting down.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        // The server is gone: nothing will stop this stream but its client.
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The tower services, one per Envoy discovery service name.

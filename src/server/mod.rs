@@ -3,14 +3,19 @@
 //!
 //! [`protocol`] holds the per-stream state machines (no I/O); [`grpc`] is the tonic glue
 //! that moves messages between them, the network and the
-//! [`SnapshotCache`](crate::snapshot::SnapshotCache).
+//! [`SnapshotCache`](crate::snapshot::SnapshotCache). [`transport`] owns the port's
+//! connections (TLS, peer identities, idle timeout), [`authorization`] which certificate
+//! may claim which node, and [`limits`] what one client may take.
 
+pub mod authorization;
 pub mod clients;
 pub mod csds;
 pub mod grpc;
+pub mod limits;
 pub mod protocol;
+pub mod transport;
 mod wire;
 
 pub use clients::{ClientRegistry, XdsMetrics};
-pub use grpc::XdsServer;
+pub use grpc::{ServerOptions, XdsServer};
 pub use protocol::{single_group, NodeGrouping, StreamKind, StreamStatus};

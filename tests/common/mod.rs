@@ -5,6 +5,8 @@
 pub mod apiserver;
 pub mod fixtures;
 pub mod manifests;
+pub mod python;
+pub mod vip;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -134,6 +136,15 @@ impl Envoy {
         Self::launch(bootstrap, xds, node_id, overlay, None).await
     }
 
+    /// Starts Envoy with a bootstrap file as it is (its xDS address must be right; an
+    /// admin port of 0 is found out).
+    pub async fn start_file(bootstrap: &Path, node_id: &str) -> Envoy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bootstrap.yaml");
+        std::fs::copy(bootstrap, &config).unwrap();
+        Self::run(dir, config, node_id, None, None).await
+    }
+
     /// Starts Envoy inside network namespace `netns` (`xds` is an address there).
     pub async fn start_in_netns(
         netns: &str,
@@ -159,6 +170,16 @@ impl Envoy {
             .replace("port_value: 9901", "port_value: 0");
         let config = dir.path().join("bootstrap.yaml");
         std::fs::write(&config, text).unwrap();
+        Self::run(dir, config, node_id, overlay, netns).await
+    }
+
+    async fn run(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        node_id: &str,
+        overlay: Option<&str>,
+        netns: Option<&str>,
+    ) -> Envoy {
         let admin_path = dir.path().join("admin");
         let log = std::fs::File::create(dir.path().join("envoy.log")).unwrap();
         let mut command = match netns {
@@ -245,6 +266,11 @@ impl Envoy {
             },
         )
         .await
+    }
+
+    /// The process id (to stop or kill it as a fault would).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Envoy's own log, for assertion messages.
@@ -508,6 +534,21 @@ impl ManifestPublisher {
     }
 }
 
+/// Runs the binary with `args` (a one-shot command such as `certs` or `bootstrap`); its
+/// standard output. It must succeed.
+pub fn run_binary(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "dualstack-xds {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// The `dualstack-xds serve` binary on free loopback ports, killed when dropped.
 pub struct ServeProcess {
     child: Child,
@@ -521,7 +562,21 @@ impl ServeProcess {
     pub fn start(dir: tempfile::TempDir, args: &[String]) -> ServeProcess {
         let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+        Self::start_on(dir, args, xds, admin)
+    }
+
+    /// Starts `serve` on these addresses (a replica restarted where it was).
+    pub fn start_on(
+        dir: tempfile::TempDir,
+        args: &[String],
+        xds: SocketAddr,
+        admin: SocketAddr,
+    ) -> ServeProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("serve.log"))
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
             .arg("serve")
             .args(args)
@@ -543,6 +598,16 @@ impl ServeProcess {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    /// Sends `signal` (SIGKILL, SIGTERM) and waits for the process to end; the log
+    /// directory is handed back for a restart.
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> tempfile::TempDir {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let _ = self.child.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 
     /// GET on the admin API: (status, body).

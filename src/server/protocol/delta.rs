@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::{
     DeltaResponse, Event, Machine, NodeGrouping, Outcome, ProtocolError, Scope, StreamCore,
-    StreamKind, StreamStatus,
+    StreamKind, StreamPolicy, StreamStatus,
 };
 use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
 
@@ -39,6 +39,8 @@ impl Machine for DeltaStream {
         set: Option<&SnapshotSet>,
     ) -> Result<Outcome<DeltaResponse>, ProtocolError> {
         self.core.accept_node(req.node)?;
+        self.core
+            .check_names(req.resource_names_subscribe.len() + req.resource_names_unsubscribe.len())?;
         let ty = self.core.scope.resolve(&req.type_url)?;
         let mut out = Outcome::default();
         let state = &mut self.core.types[ty.index()];
@@ -94,8 +96,13 @@ impl Machine for DeltaStream {
 
 impl DeltaStream {
     pub fn new(scope: Scope, grouping: NodeGrouping) -> Self {
+        Self::with_policy(scope, grouping, StreamPolicy::default())
+    }
+
+    /// A stream whose client is held to `policy`.
+    pub fn with_policy(scope: Scope, grouping: NodeGrouping, policy: StreamPolicy) -> Self {
         DeltaStream {
-            core: StreamCore::new(scope, grouping),
+            core: StreamCore::new(scope, grouping, policy),
             initial_versions: Default::default(),
         }
     }

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use serde::Serialize;
 
+use super::authorization::{Denied, NodeAuthorization};
 use crate::snapshot::{Resource, ResourceType, Snapshot, SnapshotSet, TypeSnapshot, DEFAULT_GROUP};
 pub use response::{DeltaResponse, Response, SotwResponse};
 pub use subscription::Subscription;
@@ -78,9 +79,38 @@ pub fn single_group() -> NodeGrouping {
     Arc::new(|_| Ok(DEFAULT_GROUP.to_owned()))
 }
 
+/// Which node a stream's client may claim: the rules, and the identities its verified
+/// certificate carries.
+#[derive(Clone, Debug)]
+pub struct StreamAuthorization {
+    pub rules: Arc<NodeAuthorization>,
+    pub identities: Arc<[String]>,
+}
+
+/// What a stream may do.
+#[derive(Clone, Debug)]
+pub struct StreamPolicy {
+    /// `None`: any client may claim any node (no client certificates are verified).
+    pub authorization: Option<StreamAuthorization>,
+    pub max_names_per_request: usize,
+}
+
+impl Default for StreamPolicy {
+    fn default() -> Self {
+        StreamPolicy {
+            authorization: None,
+            max_names_per_request: usize::MAX,
+        }
+    }
+}
+
 /// A request the stream cannot go on with; it ends that stream only.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
+    #[error("permission denied: {0}")]
+    Unauthorized(Denied),
+    #[error("a request may name at most {limit} resources; this one names {count}")]
+    TooManyNames { count: usize, limit: usize },
     #[error("the first request on an xDS stream must identify the client in its `node` field, and this one has no node")]
     MissingNode,
     #[error("invalid node: {0}")]
@@ -98,7 +128,13 @@ fn served_types() -> String {
 impl ProtocolError {
     /// The gRPC status the client receives.
     pub fn into_status(self) -> tonic::Status {
-        tonic::Status::invalid_argument(self.to_string())
+        match self {
+            ProtocolError::Unauthorized(_) => tonic::Status::permission_denied(self.to_string()),
+            ProtocolError::TooManyNames { .. } => {
+                tonic::Status::resource_exhausted(self.to_string())
+            }
+            _ => tonic::Status::invalid_argument(self.to_string()),
+        }
     }
 }
 
@@ -312,6 +348,7 @@ impl TypeState {
 struct StreamCore {
     scope: Scope,
     grouping: NodeGrouping,
+    policy: StreamPolicy,
     node: Option<Node>,
     group: String,
     nonces: u64,
@@ -319,10 +356,11 @@ struct StreamCore {
 }
 
 impl StreamCore {
-    fn new(scope: Scope, grouping: NodeGrouping) -> Self {
+    fn new(scope: Scope, grouping: NodeGrouping, policy: StreamPolicy) -> Self {
         StreamCore {
             scope,
             grouping,
+            policy,
             node: None,
             group: String::new(),
             nonces: 0,
@@ -337,8 +375,23 @@ impl StreamCore {
             return Ok(());
         }
         let node = node.ok_or(ProtocolError::MissingNode)?;
+        if let Some(authorization) = &self.policy.authorization {
+            authorization
+                .rules
+                .check(&authorization.identities, &node)
+                .map_err(ProtocolError::Unauthorized)?;
+        }
         self.group = (self.grouping)(&node).map_err(ProtocolError::InvalidNode)?;
         self.node = Some(node);
+        Ok(())
+    }
+
+    /// A request may name at most the policy's number of resources.
+    fn check_names(&self, count: usize) -> Result<(), ProtocolError> {
+        let limit = self.policy.max_names_per_request;
+        if count > limit {
+            return Err(ProtocolError::TooManyNames { count, limit });
+        }
         Ok(())
     }
 

@@ -5,7 +5,7 @@ use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::{
     Event, Machine, NodeGrouping, Outcome, ProtocolError, Scope, SotwResponse, StreamCore,
-    StreamKind, StreamStatus,
+    StreamKind, StreamPolicy, StreamStatus,
 };
 use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
 
@@ -37,6 +37,7 @@ impl Machine for SotwStream {
         set: Option<&SnapshotSet>,
     ) -> Result<Outcome<SotwResponse>, ProtocolError> {
         self.core.accept_node(req.node)?;
+        self.core.check_names(req.resource_names.len())?;
         let ty = self.core.scope.resolve(&req.type_url)?;
         let mut out = Outcome::default();
         let state = &mut self.core.types[ty.index()];
@@ -82,8 +83,13 @@ impl Machine for SotwStream {
 
 impl SotwStream {
     pub fn new(scope: Scope, grouping: NodeGrouping) -> Self {
+        Self::with_policy(scope, grouping, StreamPolicy::default())
+    }
+
+    /// A stream whose client is held to `policy`.
+    pub fn with_policy(scope: Scope, grouping: NodeGrouping, policy: StreamPolicy) -> Self {
         SotwStream {
-            core: StreamCore::new(scope, grouping),
+            core: StreamCore::new(scope, grouping, policy),
             resume_versions: Default::default(),
         }
     }
