@@ -311,7 +311,10 @@ mod tests {
         })
         .unwrap();
         let context = &b["static_resources"]["clusters"][0]["transport_socket"]["typed_config"];
-        assert_eq!(context["sni"], "dualstack-xds.dualstack-xds.svc.cluster.local");
+        assert_eq!(
+            context["sni"],
+            "dualstack-xds.dualstack-xds.svc.cluster.local"
+        );
         let common = &context["common_tls_context"];
         assert_eq!(
             common["tls_certificate_sds_secret_configs"][0]["sds_config"]["path_config_source"]

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use serde_json::json;
 
@@ -190,7 +190,10 @@ pub fn generate(options: &CertsOptions) -> anyhow::Result<Vec<PathBuf>> {
         "::1".into(),
     ];
     names.extend(server_names.iter().cloned());
-    let sans = names.iter().map(|n| san(n)).collect::<anyhow::Result<_>>()?;
+    let sans = names
+        .iter()
+        .map(|n| san(n))
+        .collect::<anyhow::Result<_>>()?;
     let server = leaf(
         &issuer,
         "dualstack-xds",
@@ -201,7 +204,10 @@ pub fn generate(options: &CertsOptions) -> anyhow::Result<Vec<PathBuf>> {
     issue("server", SERVER_SECRET, server)?;
     for fleet in fleets {
         anyhow::ensure!(
-            !fleet.is_empty() && fleet.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+            !fleet.is_empty()
+                && fleet
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
             "fleet {fleet:?}: letters, digits and '-' only"
         );
         let identity = SanType::URI(fleet_identity(fleet).as_str().try_into()?);
@@ -250,9 +256,7 @@ mod tests {
         };
         let written = generate(&options).unwrap();
         assert!(written.contains(&dir.path().join("ingress-ipv6/tls.key")));
-        let cert = |path: &str| {
-            CertificateDer::from_pem_file(dir.path().join(path)).unwrap()
-        };
+        let cert = |path: &str| CertificateDer::from_pem_file(dir.path().join(path)).unwrap();
         assert_eq!(
             certificate_identities(&cert("ingress-ipv4/tls.crt")),
             ["spiffe://dualstack-xds/fleet/ingress-ipv4"]
@@ -268,11 +272,17 @@ mod tests {
         let secrets = std::fs::read_to_string(dir.path().join("secrets.yaml")).unwrap();
         assert_eq!(secrets.matches("kind: Secret").count(), 3);
         let ca_key = std::fs::read_to_string(dir.path().join("ca.key")).unwrap();
-        assert!(!secrets.contains(ca_key.trim()), "the CA's key stays out of the cluster");
+        assert!(
+            !secrets.contains(ca_key.trim()),
+            "the CA's key stays out of the cluster"
+        );
         // Again: new leaves, the same CA.
         let first = std::fs::read(dir.path().join("server/tls.crt")).unwrap();
         generate(&options).unwrap();
         assert_eq!(std::fs::read(dir.path().join("ca.crt")).unwrap(), ca);
-        assert_ne!(std::fs::read(dir.path().join("server/tls.crt")).unwrap(), first);
+        assert_ne!(
+            std::fs::read(dir.path().join("server/tls.crt")).unwrap(),
+            first
+        );
     }
 }

@@ -43,7 +43,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the xDS server.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Print every resource for a node, as Envoy's canonical proto3 JSON.
     Render(Render),
     /// Print a client bootstrap: Envoy YAML (ADS, SotW or --delta), or gRPC xDS JSON.

@@ -42,7 +42,39 @@ fn bootstrap(args: &[&str]) -> String {
 #[test]
 fn every_envoy_bootstrap_passes_envoy_validate() {
     let dir = tempfile::tempdir().unwrap();
-    // The fleet bootstraps in envoy/ are `bootstrap`'s output.
+    // The fleet bootstraps in envoy/ are `bootstrap`'s output, with mTLS from the
+    // mounted Secret through the SDS files beside them.
+    let certs = dir.path().join("certs");
+    common::run_binary(&[
+        "certs",
+        "--out",
+        certs.to_str().unwrap(),
+        "--fleet",
+        "ingress-ipv4",
+    ]);
+    let sds = dir.path().join("sds");
+    std::fs::create_dir(&sds).unwrap();
+    bootstrap(&[
+        "--tls-dir",
+        "/etc/dualstack-xds/tls",
+        "--sds-dir",
+        sds.to_str().unwrap(),
+        "--write-sds",
+    ]);
+    for name in ["xds-client-certificate.yaml", "xds-server-ca.yaml"] {
+        let text = std::fs::read_to_string(sds.join(name)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(repo_path("envoy").join(name)).unwrap(),
+            text,
+            "envoy/{name} is not what `bootstrap --write-sds` writes"
+        );
+        // As the pod sees it, in this sandbox.
+        let local = text.replace(
+            "/etc/dualstack-xds/tls",
+            certs.join("ingress-ipv4").to_str().unwrap(),
+        );
+        std::fs::write(sds.join(name), local).unwrap();
+    }
     for (name, families) in [("ipv4", "IPv4"), ("ipv6", "IPv6"), ("dual", "IPv4,IPv6")] {
         let node = format!("ingress-{name}");
         let generated = bootstrap(&[
@@ -55,6 +87,10 @@ fn every_envoy_bootstrap_passes_envoy_validate() {
             "--delta",
             "--admin-address",
             "0.0.0.0:9901",
+            "--tls-dir",
+            "/etc/dualstack-xds/tls",
+            "--sds-dir",
+            "/etc/envoy",
         ]);
         let file = repo_path(&format!("envoy/ingress-{name}.yaml"));
         assert_eq!(
@@ -62,7 +98,15 @@ fn every_envoy_bootstrap_passes_envoy_validate() {
             generated,
             "envoy/ingress-{name}.yaml is not what `bootstrap` prints"
         );
-        validate(&file);
+        let local = generated
+            .replace("/etc/envoy", sds.to_str().unwrap())
+            .replace(
+                "/etc/dualstack-xds/tls",
+                certs.join("ingress-ipv4").to_str().unwrap(),
+            );
+        let path = dir.path().join(format!("ingress-{name}.yaml"));
+        std::fs::write(&path, local).unwrap();
+        validate(&path);
     }
     for file in ["envoy/ads-sotw.yaml", "envoy/ads-delta.yaml"] {
         validate(&repo_path(file));

@@ -11,6 +11,7 @@ use std::path::Path;
 use common::repo_path;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::de::DeserializeOwned;
@@ -76,6 +77,7 @@ fn every_manifest_parses_and_kustomize_lists_them() {
             "Service" => drop(typed::<Service>(value)),
             "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(value)),
             "ConfigMap" => drop(typed::<ConfigMap>(value)),
+            "NetworkPolicy" => drop(typed::<NetworkPolicy>(value)),
             other => panic!("{key}: unexpected kind {other}"),
         }
     }
@@ -225,6 +227,157 @@ fn the_control_plane_is_highly_available_and_hardened() {
     let mode: ConfigMap = get(&docs, "ConfigMap/dualstack-xds");
     assert!(args.contains(&"--config-map=dualstack-xds/dualstack-xds".to_string()));
     assert!(mode.data.unwrap().contains_key("primaryFamily"));
+    // mTLS from the mounted Secret, with node authorization; the debug views on
+    // loopback only.
+    for flag in [
+        "--tls-cert=/etc/dualstack-xds/tls/tls.crt",
+        "--tls-key=/etc/dualstack-xds/tls/tls.key",
+        "--tls-client-ca=/etc/dualstack-xds/tls/ca.crt",
+        "--authorize-node=spiffe://dualstack-xds/fleet/{cluster}",
+        "--debug-addr=127.0.0.1:9101",
+    ] {
+        assert!(args.contains(&flag.to_string()), "{flag} in {args:?}");
+    }
+    assert_eq!(
+        mounted_secret(&pod, "/etc/dualstack-xds/tls"),
+        "dualstack-xds-tls"
+    );
+}
+
+/// The Secret mounted at `path` in a pod.
+fn mounted_secret(pod: &PodSpec, path: &str) -> String {
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.mount_path == path)
+        .unwrap_or_else(|| panic!("nothing is mounted at {path}"));
+    let volume = pod
+        .volumes
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    volume.secret.and_then(|s| s.secret_name).unwrap()
+}
+
+#[test]
+fn network_policies_admit_xds_clients_and_monitoring_only() {
+    let docs = documents();
+    let policy: NetworkPolicy = get(&docs, "NetworkPolicy/dualstack-xds");
+    let spec = policy.spec.unwrap();
+    let control_plane: Deployment = get(&docs, "Deployment/dualstack-xds");
+    let labels = control_plane
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    assert_eq!(spec.pod_selector.unwrap().match_labels.unwrap(), labels);
+    assert_eq!(
+        spec.policy_types.unwrap(),
+        ["Ingress".to_string(), "Egress".to_string()]
+    );
+    let port = |p: &k8s_openapi::api::networking::v1::NetworkPolicyPort| match &p.port {
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => *n,
+        other => panic!("{other:?}"),
+    };
+    let ingress = spec.ingress.unwrap();
+    assert_eq!(ingress.len(), 2);
+    // xDS: only from pods labelled as xDS clients, and every fleet is labelled so.
+    let xds = &ingress[0];
+    assert_eq!(
+        xds.ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(port)
+            .collect::<Vec<_>>(),
+        [18000]
+    );
+    let from = &xds.from.as_ref().unwrap()[0];
+    let client_label = from.pod_selector.clone().unwrap().match_labels.unwrap();
+    for fleet in ["envoy-ingress-ipv4", "envoy-ingress-ipv6"] {
+        let deployment: Deployment = get(&docs, &format!("Deployment/{fleet}"));
+        let pod_labels = deployment
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        assert!(
+            client_label
+                .iter()
+                .all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{fleet} may reach the xDS port"
+        );
+    }
+    // Metrics: only from the monitoring namespace.
+    let metrics = &ingress[1];
+    assert_eq!(
+        metrics
+            .ports
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(port)
+            .collect::<Vec<_>>(),
+        [9100]
+    );
+    let namespace = metrics.from.as_ref().unwrap()[0]
+        .namespace_selector
+        .clone()
+        .unwrap()
+        .match_labels
+        .unwrap();
+    assert_eq!(namespace["kubernetes.io/metadata.name"], "monitoring");
+    // Egress: DNS and the API server, nothing else.
+    let egress = spec.egress.unwrap();
+    let ports: Vec<i32> = egress
+        .iter()
+        .flat_map(|e| e.ports.clone().unwrap_or_default())
+        .map(|p| port(&p))
+        .collect();
+    assert_eq!(ports, [53, 53, 443, 6443]);
+    assert!(
+        egress.iter().all(|e| e.ports.is_some()),
+        "no rule opens every port"
+    );
+}
+
+#[test]
+fn cert_manager_issues_the_secrets_the_deploy_mounts() {
+    let text = std::fs::read_to_string(repo_path("deploy/cert-manager/certificates.yaml")).unwrap();
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    let certificate = |secret: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == "Certificate" && d["spec"]["secretName"] == secret)
+            .unwrap_or_else(|| panic!("no Certificate for {secret}"))
+            .clone()
+    };
+    let server = certificate("dualstack-xds-tls");
+    assert!(server["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from(
+            "dualstack-xds.dualstack-xds.svc.cluster.local"
+        )));
+    for fleet in ["ingress-ipv4", "ingress-ipv6"] {
+        let client = certificate(&format!("xds-client-{fleet}"));
+        assert_eq!(
+            client["spec"]["uris"][0],
+            format!("spiffe://dualstack-xds/fleet/{fleet}")
+        );
+        assert_eq!(client["spec"]["issuerRef"]["name"], "dualstack-xds-ca");
+    }
 }
 
 #[test]
@@ -255,9 +408,12 @@ fn ingress_fleets_meet_the_aks_dual_stack_constraints() {
         let deployment: Deployment = get(&docs, &format!("Deployment/{name}"));
         let dspec = deployment.spec.unwrap();
         let labels = dspec.template.metadata.unwrap().labels.unwrap();
-        assert_eq!(
-            spec.selector.clone().unwrap(),
-            labels,
+        assert!(
+            spec.selector
+                .clone()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v)),
             "{name}: selects its fleet"
         );
         let pod = dspec.template.spec.unwrap();
@@ -278,6 +434,11 @@ fn ingress_fleets_meet_the_aks_dual_stack_constraints() {
             };
             assert!(container_ports.contains(&target), "{name}: {target}");
         }
+        // Its client certificate, and the xDS-client label the control plane admits.
+        assert_eq!(
+            mounted_secret(&pod, "/etc/dualstack-xds/tls"),
+            format!("xds-client-ingress-{}", family.to_lowercase())
+        );
         // Its bootstrap binds this family only and is what `bootstrap` prints.
         let bootstrap_file = format!("ingress/ingress-{}.yaml", family.to_lowercase());
         let bootstrap = std::fs::read_to_string(repo_path("deploy").join(&bootstrap_file)).unwrap();
@@ -293,6 +454,19 @@ fn ingress_fleets_meet_the_aks_dual_stack_constraints() {
         assert_eq!(
             parsed["node"]["metadata"]["dualstack-xds.io/listener-families"],
             family
+        );
+        // Its cluster is the fleet its certificate names.
+        let args = pod.containers[0].args.clone().unwrap();
+        assert!(args.contains(&format!(
+            "--service-cluster=ingress-{}",
+            family.to_lowercase()
+        )));
+    }
+    for sds in ["xds-client-certificate.yaml", "xds-server-ca.yaml"] {
+        assert_eq!(
+            std::fs::read_to_string(repo_path("deploy/ingress").join(sds)).unwrap(),
+            std::fs::read_to_string(repo_path("envoy").join(sds)).unwrap(),
+            "deploy/ingress/{sds} and envoy/ differ"
         );
     }
 }

@@ -129,7 +129,10 @@ async fn replicas_killed_restarted_and_stopped_under_traffic() {
     let port = free_port();
     let config = tempfile::tempdir().unwrap();
     write_manifests(config.path(), port, backend);
-    let args = vec!["--manifests".to_string(), config.path().display().to_string()];
+    let args = vec![
+        "--manifests".to_string(),
+        config.path().display().to_string(),
+    ];
     let mut a = Some(ServeProcess::start(tempfile::tempdir().unwrap(), &args));
     let mut b = Some(ServeProcess::start(tempfile::tempdir().unwrap(), &args));
     for replica in [&a, &b].into_iter().flatten() {
@@ -151,35 +154,62 @@ async fn replicas_killed_restarted_and_stopped_under_traffic() {
 
     // 1. The replica holding Envoy's stream is killed: Envoy moves to the other one.
     let a_holds = holds(a.as_ref().unwrap(), "edge").await;
-    let (killed, survivor) = if a_holds { (&mut a, &mut b) } else { (&mut b, &mut a) };
+    let (killed, survivor) = if a_holds {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
     let killed_addrs = if a_holds { a_addrs } else { b_addrs };
     let killed_dir = killed.take().unwrap().stop(Signal::SIGKILL);
     let moved = Instant::now();
     eventually("Envoy on the surviving replica", WAIT, || async {
-        holds(survivor.as_ref().unwrap(), "edge").await.then_some(())
+        holds(survivor.as_ref().unwrap(), "edge")
+            .await
+            .then_some(())
     })
     .await;
-    println!("SIGKILL: Envoy on the other replica after {:?}", moved.elapsed());
+    println!(
+        "SIGKILL: Envoy on the other replica after {:?}",
+        moved.elapsed()
+    );
     traffic.flows(10).await;
-    assert_eq!(churn(&envoy).await, applied, "the other replica's versions are the same: nothing re-applied");
+    assert_eq!(
+        churn(&envoy).await,
+        applied,
+        "the other replica's versions are the same: nothing re-applied"
+    );
 
     // 2. Every replica gone: Envoy keeps forwarding with what it has.
     let survivor_addrs = if a_holds { b_addrs } else { a_addrs };
     let survivor_dir = survivor.take().unwrap().stop(Signal::SIGKILL);
     let before = traffic.ok();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(traffic.ok() >= before + 20, "traffic flows without a control plane");
+    assert!(
+        traffic.ok() >= before + 20,
+        "traffic flows without a control plane"
+    );
     assert_eq!(envoy.stat("control_plane.connected_state").await, 0);
 
     // 3. Restarted: Envoy reconnects and applies nothing new.
-    *killed = Some(ServeProcess::start_on(killed_dir, &args, killed_addrs.0, killed_addrs.1));
+    *killed = Some(ServeProcess::start_on(
+        killed_dir,
+        &args,
+        killed_addrs.0,
+        killed_addrs.1,
+    ));
     killed.as_ref().unwrap().wait_ready().await;
-    eventually("Envoy reconnects to the restarted replica", WAIT, || async {
-        holds(killed.as_ref().unwrap(), "edge").await.then_some(())
-    })
+    eventually(
+        "Envoy reconnects to the restarted replica",
+        WAIT,
+        || async { holds(killed.as_ref().unwrap(), "edge").await.then_some(()) },
+    )
     .await;
     traffic.flows(10).await;
-    assert_eq!(churn(&envoy).await, applied, "a restart applies nothing new");
+    assert_eq!(
+        churn(&envoy).await,
+        applied,
+        "a restart applies nothing new"
+    );
     *survivor = Some(ServeProcess::start_on(
         survivor_dir,
         &args,
@@ -194,7 +224,9 @@ async fn replicas_killed_restarted_and_stopped_under_traffic() {
     let _ = killed.take().unwrap().stop(Signal::SIGTERM);
     let exited = stopping.elapsed();
     eventually("Envoy on the other replica after SIGTERM", WAIT, || async {
-        holds(survivor.as_ref().unwrap(), "edge").await.then_some(())
+        holds(survivor.as_ref().unwrap(), "edge")
+            .await
+            .then_some(())
     })
     .await;
     let moved = stopping.elapsed();
@@ -264,7 +296,10 @@ async fn the_api_server_goes_away_in_the_middle_of_a_flip() {
         (traffic.last() == "v6:x").then_some(())
     })
     .await;
-    println!("flip applied {:?} after the API server came back", started.elapsed());
+    println!(
+        "flip applied {:?} after the API server came back",
+        started.elapsed()
+    );
     traffic.flows(10).await;
     assert_eq!(churn(&envoy).await, applied, "the flip is an EDS push only");
     assert_eq!(envoy.stat("cluster_manager.cds.update_success").await, cds);

@@ -29,7 +29,10 @@ async fn serve(limits: &[&str]) -> (ServeProcess, tempfile::TempDir) {
             .endpoint("10.0.0.1"),
     ];
     std::fs::write(config.path().join("web.yaml"), manifests::yaml(&objects)).unwrap();
-    let mut args = vec!["--manifests".to_string(), config.path().display().to_string()];
+    let mut args = vec![
+        "--manifests".to_string(),
+        config.path().display().to_string(),
+    ];
     args.extend(limits.iter().map(|s| s.to_string()));
     let serve = ServeProcess::start(tempfile::tempdir().unwrap(), &args);
     serve.wait_ready().await;
@@ -91,25 +94,26 @@ impl Ads {
 
 fn exhausted(result: Result<DiscoveryResponse, tonic::Status>, what: &str) -> tonic::Status {
     let status = result.expect_err(what);
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{what}: {status:?}");
+    assert_eq!(
+        status.code(),
+        tonic::Code::ResourceExhausted,
+        "{what}: {status:?}"
+    );
     status
 }
 
 async fn limit_count(serve: &ServeProcess, limit: &str) -> u64 {
     serve
-        .metric(&format!("dualstack_xds_limit_exceeded_total{{limit=\"{limit}\"}}"))
+        .metric(&format!(
+            "dualstack_xds_limit_exceeded_total{{limit=\"{limit}\"}}"
+        ))
         .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_per_connection_and_in_total() {
-    let (serve, _config) = serve(&[
-        "--max-streams-per-connection",
-        "2",
-        "--max-streams",
-        "3",
-    ])
-    .await;
+    let (serve, _config) =
+        serve(&["--max-streams-per-connection", "2", "--max-streams", "3"]).await;
     let one = channel(serve.xds).await;
     let mut a = Ads::open(one.clone(), "a").await;
     let mut b = Ads::open(one.clone(), "b").await;
@@ -235,7 +239,11 @@ async fn an_idle_connection_is_closed_and_a_busy_one_is_not() {
     })
     .await;
     assert!(closed.is_ok(), "the idle connection was not closed");
-    assert!(opened.elapsed() >= Duration::from_millis(900), "{:?}", opened.elapsed());
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        opened.elapsed()
+    );
     assert!(limit_count(&serve, "idle_timeout").await >= 1);
     // A connection with a stream stays, long past the idle timeout.
     let mut busy = Ads::open(channel(serve.xds).await, "busy").await;
@@ -258,7 +266,8 @@ async fn connected(serve: &ServeProcess) -> Option<bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_envoy_is_dropped_by_the_keepalive() {
-    let (serve, _config) = serve(&["--keepalive-interval", "1s", "--keepalive-timeout", "1s"]).await;
+    let (serve, _config) =
+        serve(&["--keepalive-interval", "1s", "--keepalive-timeout", "1s"]).await;
     let envoy = Envoy::start("envoy/ads-sotw.yaml", serve.xds, "frozen").await;
     envoy
         .wait_stat("listener_manager.lds.update_success", 1)
@@ -268,15 +277,21 @@ async fn a_frozen_envoy_is_dropped_by_the_keepalive() {
     let pid = nix::unistd::Pid::from_raw(envoy.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let stopped = Instant::now();
-    eventually("the frozen Envoy's stream is dropped", Duration::from_secs(20), || async {
-        (connected(&serve).await == Some(false)).then_some(())
-    })
+    eventually(
+        "the frozen Envoy's stream is dropped",
+        Duration::from_secs(20),
+        || async { (connected(&serve).await == Some(false)).then_some(()) },
+    )
     .await;
     let took = stopped.elapsed();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     println!("keepalive dropped a frozen client after {took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(limit_count(&serve, "keepalive").await >= 1, "{}", serve.log());
+    assert!(
+        limit_count(&serve, "keepalive").await >= 1,
+        "{}",
+        serve.log()
+    );
     // Thawed, it reconnects.
     let deadline = Instant::now() + Duration::from_secs(30);
     while connected(&serve).await != Some(true) {

@@ -48,7 +48,14 @@ fn write_manifests(dir: &std::path::Path, family: &str, v4_port: u16, v6_port: u
 
 /// A gRPC xDS bootstrap file written by `bootstrap --grpc`, with `extra` arguments.
 fn grpc_bootstrap_with(dir: &std::path::Path, node: &str, xds: &str, extra: &[&str]) -> String {
-    let mut args = vec!["bootstrap", "--grpc", "--node-id", node, "--xds-address", xds];
+    let mut args = vec![
+        "bootstrap",
+        "--grpc",
+        "--node-id",
+        node,
+        "--xds-address",
+        xds,
+    ];
     args.extend(extra);
     let path = dir.join(format!("{node}.json"));
     std::fs::write(&path, run_binary(&args)).unwrap();
@@ -279,7 +286,12 @@ async fn grpcio_over_mtls_with_its_fleet_certificate() {
         config.path(),
         "py-tls",
         &xds,
-        &["--cluster", "grpc-clients", "--tls-dir", &format!("{dir}/grpc-clients")],
+        &[
+            "--cluster",
+            "grpc-clients",
+            "--tls-dir",
+            &format!("{dir}/grpc-clients"),
+        ],
     );
     let client = Py::start(
         "client.py",
@@ -294,7 +306,12 @@ async fn grpcio_over_mtls_with_its_fleet_certificate() {
         config.path(),
         "py-impostor",
         &xds,
-        &["--cluster", "grpc-clients", "--tls-dir", &format!("{dir}/batch-jobs")],
+        &[
+            "--cluster",
+            "grpc-clients",
+            "--tls-dir",
+            &format!("{dir}/batch-jobs"),
+        ],
     );
     let refused = Py::start(
         "client.py",

@@ -611,7 +611,7 @@ fn flags(text: &str) -> std::collections::BTreeSet<String> {
 fn the_reference_lists_every_flag_and_only_real_ones() {
     let doc = std::fs::read_to_string(common::repo_path("docs/reference.md")).unwrap();
     let synopsis: Vec<&str> = doc.lines().filter_map(|l| l.strip_prefix("    ")).collect();
-    for sub in ["serve", "render", "bootstrap", "status"] {
+    for sub in ["serve", "render", "bootstrap", "status", "certs"] {
         let start = synopsis
             .iter()
             .position(|l| l.starts_with(&format!("dualstack-xds {sub} ")))

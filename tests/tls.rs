@@ -145,13 +145,22 @@ async fn a_fleet_certificate_gets_its_nodes_served_and_nothing_else() {
     let port = free_port();
     std::fs::create_dir(dir.join("manifests")).unwrap();
     write_manifests(&dir.join("manifests"), port, backend);
-    let mut args = vec!["--manifests".into(), dir.join("manifests").display().to_string()];
+    let mut args = vec![
+        "--manifests".into(),
+        dir.join("manifests").display().to_string(),
+    ];
     args.extend(tls_args(&certs.join("server")));
     let serve = ServeProcess::start(tempfile::tempdir().unwrap(), &args);
     serve.wait_ready().await;
 
     // The IPv4 fleet's Envoy, with its own certificate: served, traffic flows.
-    let good = envoy_bootstrap(dir, &certs.join("ingress-ipv4"), "edge-1", "ingress-ipv4", serve.xds);
+    let good = envoy_bootstrap(
+        dir,
+        &certs.join("ingress-ipv4"),
+        "edge-1",
+        "ingress-ipv4",
+        serve.xds,
+    );
     let envoy = Envoy::start_file(&good, "edge-1").await;
     envoy
         .wait_stat("listener_manager.lds.update_success", 1)
@@ -167,7 +176,13 @@ async fn a_fleet_certificate_gets_its_nodes_served_and_nothing_else() {
     // served.
     let sds = dir.join("wrong");
     std::fs::create_dir(&sds).unwrap();
-    let wrong = envoy_bootstrap(&sds, &certs.join("ingress-ipv4"), "edge-9", "ingress-ipv6", serve.xds);
+    let wrong = envoy_bootstrap(
+        &sds,
+        &certs.join("ingress-ipv4"),
+        "edge-9",
+        "ingress-ipv6",
+        serve.xds,
+    );
     let impostor = Envoy::start_file(&wrong, "edge-9").await;
     eventually("the refusal is counted", WAIT, || async {
         (serve
@@ -182,24 +197,38 @@ async fn a_fleet_certificate_gets_its_nodes_served_and_nothing_else() {
         "Envoy sees PERMISSION_DENIED (7):\n{}",
         impostor.log()
     );
-    assert_eq!(impostor.stat("listener_manager.lds.update_success").await, 0);
+    assert_eq!(
+        impostor.stat("listener_manager.lds.update_success").await,
+        0
+    );
     assert_eq!(impostor.stat("control_plane.connected_state").await, 0);
     let log = serve.log();
     let refusal = log
         .lines()
         .find(|l| l.contains("refusing a client"))
         .unwrap_or_else(|| panic!("no refusal in the log:\n{log}"));
-    assert!(refusal.contains("127.0.0.1") && refusal.contains("edge-9"), "{refusal}");
+    assert!(
+        refusal.contains("127.0.0.1") && refusal.contains("edge-9"),
+        "{refusal}"
+    );
     let (_, clients) = serve.get("/debug/clients").await.unwrap();
-    assert!(!clients.contains("edge-9"), "the impostor has no stream: {clients}");
+    assert!(
+        !clients.contains("edge-9"),
+        "the impostor has no stream: {clients}"
+    );
 
     // No client certificate, and plaintext: the handshake fails, counted.
     let ca = certs.join("ca.crt");
     let no_cert = match tls_channel(serve.xds, &ca, None).await {
-        Ok(channel) => first_ads_answer(channel, node("x", "ingress-ipv4")).await.err(),
+        Ok(channel) => first_ads_answer(channel, node("x", "ingress-ipv4"))
+            .await
+            .err(),
         Err(error) => Some(tonic::Status::unavailable(error.to_string())),
     };
-    assert!(no_cert.is_some(), "a client without a certificate is refused");
+    assert!(
+        no_cert.is_some(),
+        "a client without a certificate is refused"
+    );
     let plaintext = Channel::from_shared(format!("http://{}", serve.xds))
         .unwrap()
         .connect()
@@ -210,12 +239,19 @@ async fn a_fleet_certificate_gets_its_nodes_served_and_nothing_else() {
             .is_err());
     }
     eventually("failed handshakes are counted", WAIT, || async {
-        (serve.metric("dualstack_xds_tls_handshake_failures_total").await >= 2).then_some(())
+        (serve
+            .metric("dualstack_xds_tls_handshake_failures_total")
+            .await
+            >= 2)
+            .then_some(())
     })
     .await;
 
     // The good Envoy was never disturbed.
-    assert_eq!(tcp_roundtrip(ingress, "still").await.as_deref(), Some("echo:still"));
+    assert_eq!(
+        tcp_roundtrip(ingress, "still").await.as_deref(),
+        Some("echo:still")
+    );
     assert_eq!(envoy.stat("control_plane.connected_state").await, 1);
 
     // CSDS: a fleet's certificate sees its own nodes, and may not ask for others.
@@ -281,14 +317,13 @@ async fn served_certificate(xds: SocketAddr, certs: &Path) -> Vec<u8> {
     roots
         .add(rustls::pki_types::CertificateDer::from_pem_file(certs.join("ca.crt")).unwrap())
         .unwrap();
-    let client_certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(
-        certs.join("ingress-ipv4/tls.crt"),
-    )
-    .unwrap()
-    .map(Result::unwrap)
-    .collect();
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_file(certs.join("ingress-ipv4/tls.key")).unwrap();
+    let client_certs: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_file_iter(certs.join("ingress-ipv4/tls.crt"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(certs.join("ingress-ipv4/tls.key"))
+        .unwrap();
     let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -318,11 +353,20 @@ async fn a_rotated_certificate_is_served_to_new_connections_and_streams_go_on() 
     let port = free_port();
     std::fs::create_dir(dir.join("manifests")).unwrap();
     write_manifests(&dir.join("manifests"), port, backend);
-    let mut args = vec!["--manifests".into(), dir.join("manifests").display().to_string()];
+    let mut args = vec![
+        "--manifests".into(),
+        dir.join("manifests").display().to_string(),
+    ];
     args.extend(tls_args(&volume));
     let serve = ServeProcess::start(tempfile::tempdir().unwrap(), &args);
     serve.wait_ready().await;
-    let bootstrap = envoy_bootstrap(dir, &certs.join("ingress-ipv4"), "edge-1", "ingress-ipv4", serve.xds);
+    let bootstrap = envoy_bootstrap(
+        dir,
+        &certs.join("ingress-ipv4"),
+        "edge-1",
+        "ingress-ipv4",
+        serve.xds,
+    );
     let envoy = Envoy::start_file(&bootstrap, "edge-1").await;
     envoy
         .wait_stat("listener_manager.lds.update_success", 1)
@@ -335,7 +379,11 @@ async fn a_rotated_certificate_is_served_to_new_connections_and_streams_go_on() 
     self::certs(&certs, &["ingress-ipv4"]);
     mount(&volume, 2, &certs.join("server"));
     eventually("the reload", WAIT, || async {
-        (serve.metric("dualstack_xds_tls_reloads_total{result=\"ok\"}").await >= 1).then_some(())
+        (serve
+            .metric("dualstack_xds_tls_reloads_total{result=\"ok\"}")
+            .await
+            >= 1)
+            .then_some(())
     })
     .await;
     assert_eq!(
@@ -351,7 +399,11 @@ async fn a_rotated_certificate_is_served_to_new_connections_and_streams_go_on() 
     std::fs::copy(first.join("tls.key"), broken.join("tls.key")).unwrap();
     mount(&volume, 3, &broken);
     eventually("the failed reload is counted", WAIT, || async {
-        (serve.metric("dualstack_xds_tls_reloads_total{result=\"error\"}").await >= 1).then_some(())
+        (serve
+            .metric("dualstack_xds_tls_reloads_total{result=\"error\"}")
+            .await
+            >= 1)
+            .then_some(())
     })
     .await;
     assert_eq!(
@@ -367,7 +419,10 @@ async fn a_rotated_certificate_is_served_to_new_connections_and_streams_go_on() 
     );
     assert_eq!(envoy.stat("control_plane.connected_state").await, 1);
     let ingress: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert_eq!(tcp_roundtrip(ingress, "hi").await.as_deref(), Some("echo:hi"));
+    assert_eq!(
+        tcp_roundtrip(ingress, "hi").await.as_deref(),
+        Some("echo:hi")
+    );
 }
 
 fn pem_der(path: &Path) -> Vec<u8> {

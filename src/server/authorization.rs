@@ -146,7 +146,7 @@ impl NodeAuthorization {
             .rules
             .iter()
             .filter_map(|rule| rule.expected(node))
-            .any(|expected| identities.iter().any(|id| *id == expected));
+            .any(|expected| identities.contains(&expected));
         if allowed {
             return Ok(());
         }
@@ -185,7 +185,9 @@ mod tests {
         let auth = NodeAuthorization::new(vec![]);
         let fleet = ids(&["spiffe://dualstack-xds/fleet/ingress-ipv4"]);
         assert_eq!(auth.check(&fleet, &node("envoy-1", "ingress-ipv4")), Ok(()));
-        let denied = auth.check(&fleet, &node("envoy-1", "ingress-ipv6")).unwrap_err();
+        let denied = auth
+            .check(&fleet, &node("envoy-1", "ingress-ipv6"))
+            .unwrap_err();
         assert_eq!(denied.reason(), "mismatch");
         assert!(denied.to_string().contains("ingress-ipv6"), "{denied}");
         assert_eq!(

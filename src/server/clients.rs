@@ -161,7 +161,9 @@ impl XdsMetrics {
         );
         // Zero from the start, so alerts see the series.
         for limit in LIMITS {
-            self.limits_exceeded.get_or_create(&LimitLabels { limit }).get();
+            self.limits_exceeded
+                .get_or_create(&LimitLabels { limit })
+                .get();
         }
         for reason in ["no_identity", "mismatch"] {
             self.authorization_denied
@@ -169,7 +171,9 @@ impl XdsMetrics {
                 .get();
         }
         for result in ["ok", "error"] {
-            self.tls_reloads.get_or_create(&ResultLabels { result }).get();
+            self.tls_reloads
+                .get_or_create(&ResultLabels { result })
+                .get();
         }
     }
 

@@ -109,7 +109,9 @@ impl Csds {
         let Some(rules) = &self.authorization else {
             return Ok(response);
         };
-        let identities = peer.and_then(|p| p.identities.clone()).unwrap_or_else(|| Arc::new([]));
+        let identities = peer
+            .and_then(|p| p.identities.clone())
+            .unwrap_or_else(|| Arc::new([]));
         let allowed = |node: &Node| rules.check(&identities, node);
         if let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) {
             // Asking about a node by name: the certificate must authorize it as claimed.

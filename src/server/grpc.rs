@@ -124,10 +124,8 @@ impl XdsServer {
             metrics,
             self.inner.stopping.subscribe(),
         );
-        let csds = super::csds::Csds::service(
-            self.inner.registry.clone(),
-            options.authorization.clone(),
-        );
+        let csds =
+            super::csds::Csds::service(self.inner.registry.clone(), options.authorization.clone());
         let stopping = self.inner.stopping.clone();
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(limits.keepalive_interval))

@@ -114,7 +114,9 @@ impl RequestRate {
 /// A byte size such as `16MiB`, `512KiB` or `1000000`.
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
     let number: usize = number
         .parse()

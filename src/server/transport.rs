@@ -24,7 +24,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -108,9 +110,12 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     })
 }
 
-/// What identifies a file's content without reading it (as for manifests: a Secret
-/// volume swaps a symlink, an editor renames, cert-manager rewrites).
-fn stamp(path: &Path) -> Option<(u64, u64, i64, i64)> {
+/// What identifies a file's content without reading it: device, inode, modification
+/// time (as for manifests: a Secret volume swaps a symlink, an editor renames,
+/// cert-manager rewrites).
+type Stamp = (u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec()))
@@ -122,7 +127,7 @@ pub struct ReloadingTls {
     files: TlsFiles,
     key: Arc<ArcSwap<CertifiedKey>>,
     verifier: Option<Arc<ArcSwap<Arc<dyn ClientCertVerifier>>>>,
-    stamps: Mutex<Vec<Option<(u64, u64, i64, i64)>>>,
+    stamps: Mutex<Vec<Option<Stamp>>>,
     config: Arc<ServerConfig>,
 }
 
@@ -213,12 +218,16 @@ impl ReloadingTls {
         }))
     }
 
-    fn stamps_of(files: &TlsFiles) -> Vec<Option<(u64, u64, i64, i64)>> {
-        [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|p| stamp(p))
-            .collect()
+    fn stamps_of(files: &TlsFiles) -> Vec<Option<Stamp>> {
+        [
+            Some(&files.cert),
+            Some(&files.key),
+            files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| stamp(p))
+        .collect()
     }
 
     /// Whether client certificates are verified (mTLS).

@@ -49,10 +49,11 @@ impl Drop for Py {
 /// A greeter answering `tag`, on `bind` (`127.0.0.1` or `[::1]`); returns its port.
 pub async fn greeter(bind: &str, tag: &str) -> (Py, u16) {
     let py = Py::start("greeter.py", &[&format!("{bind}:0"), tag], &[]);
-    let port = super::eventually("the greeter's port", std::time::Duration::from_secs(30), || async {
-        py.lines().first()?.parse::<u16>().ok()
-    })
+    let port = super::eventually(
+        "the greeter's port",
+        std::time::Duration::from_secs(30),
+        || async { py.lines().first()?.parse::<u16>().ok() },
+    )
     .await;
     (py, port)
 }
-

@@ -39,8 +39,9 @@ impl Machine for DeltaStream {
         set: Option<&SnapshotSet>,
     ) -> Result<Outcome<DeltaResponse>, ProtocolError> {
         self.core.accept_node(req.node)?;
-        self.core
-            .check_names(req.resource_names_subscribe.len() + req.resource_names_unsubscribe.len())?;
+        self.core.check_names(
+            req.resource_names_subscribe.len() + req.resource_names_unsubscribe.len(),
+        )?;
         let ty = self.core.scope.resolve(&req.type_url)?;
         let mut out = Outcome::default();
         let state = &mut self.core.types[ty.index()];

@@ -317,7 +317,8 @@ impl TypeState {
 
     /// Newly subscribed resources that exist in `current`.
     fn newly<'a>(&self, current: &'a TypeSnapshot) -> Vec<&'a Resource> {
-        if self.newly_wildcard {
+        // A wildcard subscribed and dropped again before the response asks for nothing.
+        if self.newly_wildcard && self.subscription.wildcard {
             current.iter().collect()
         } else {
             self.newly_subscribed

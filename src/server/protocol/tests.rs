@@ -505,6 +505,19 @@ fn delta_named_subscriptions() {
     assert_eq!(out[0].removed_resources, ["b"]);
 }
 
+/// Found by fuzzing (fuzz/seeds/delta_requests/wildcard-dropped-before-the-response).
+#[test]
+fn delta_wildcard_subscribed_and_dropped_before_the_response_sends_nothing_more() {
+    let set = snapshot(&["a", "b", "c"], 80);
+    let mut s = delta();
+    let r1 = one(&mut s, dfirst(Endpoint, &["a"]), &set);
+    // While r1 awaits its ACK: "*" subscribed, then unsubscribed.
+    none(&mut s, dreq(Endpoint, &["*"], &[]), &set);
+    none(&mut s, dreq(Endpoint, &[], &["*"]), &set);
+    // The ACK frees the next response: nothing, since the subscription is back to "a".
+    none(&mut s, dack(&r1), &set);
+}
+
 #[test]
 fn delta_nack_is_not_resent_and_stale_nonces_keep_subscriptions() {
     let set = snapshot(&["a"], 80);
