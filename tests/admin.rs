@@ -320,3 +320,37 @@ async fn admin_endpoints_status_and_metrics_describe_a_live_envoy() {
         "the stream span carries the node id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debug_views_stay_on_loopback_unless_a_flag_opens_them() {
+    let config = tempfile::tempdir().unwrap();
+    write_manifests(config.path(), free_port(), "127.0.0.1:7".parse().unwrap(), false);
+    let port = free_port();
+    let debug = free_port();
+    // The admin address on every interface, as the deploy has it (probes, metrics).
+    let serve = ServeProcess::start_on(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--manifests".into(),
+            config.path().display().to_string(),
+            "--debug-addr".into(),
+            format!("127.0.0.1:{debug}"),
+        ],
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        format!("0.0.0.0:{port}").parse().unwrap(),
+    );
+    serve.wait_ready().await;
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(serve.get(path).await.unwrap().0, 200, "{path}");
+    }
+    for path in ["/debug/clients", "/debug/resources"] {
+        assert_eq!(
+            serve.get(path).await.unwrap().0,
+            404,
+            "{path} is not served on a non-loopback admin address"
+        );
+        let url = format!("http://127.0.0.1:{debug}{path}");
+        let status = reqwest::get(url).await.unwrap().status().as_u16();
+        assert_eq!(status, 200, "{path} on --debug-addr");
+    }
+}
