@@ -27,6 +27,7 @@ use kube::runtime::watcher::Event;
 use report::Report;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 
 const SERVICES: usize = 100;
 
@@ -119,8 +120,9 @@ async fn churn(report: &mut Report, rate: u64, secs: u64) {
         max_delay: Duration::from_millis(250),
     };
     let source = tokio::spawn(follow(
-        ReceiverStream::new(rx),
+        ReceiverStream::new(rx).map(|(id, event)| (id, Some(event))),
         vec![ObjectKind::Service, ObjectKind::EndpointSlice],
+        None,
         debounce,
         sink,
     ));

@@ -1,5 +1,8 @@
 //! Translation benchmark (prints figures; not a timed test): services x endpoints of
-//! 1x10,000, 100x100 and 10,000x1; a full rebuild, and one slice changed.
+//! 1x10,000, 100x100 and 10,000x1; a full rebuild, and one slice changed. Then 1,000
+//! Services sharing one port by Host, and 1,000 by SNI with TLS terminated: a full
+//! rebuild, one Service's endpoints changed, one Service's hosts changed, one Secret
+//! rotated, and what Envoy is sent for each.
 //!
 //! Run: `cargo bench --bench translate`.
 
@@ -11,8 +14,9 @@ use std::time::Instant;
 
 use dualstack_xds::model::{
     Endpoint, EndpointState, Endpoints, Family, Model, ObjectKey, PortKind, Service, ServiceKey,
-    ServicePort, Slice,
+    ServicePort, Slice, TlsMode, TlsSecret,
 };
+use dualstack_xds::snapshot::{ResourceType, SnapshotSet};
 use dualstack_xds::translate::Translator;
 
 /// Endpoints per EndpointSlice, as Kubernetes' EndpointSlice controller uses by default.
@@ -56,6 +60,8 @@ fn model(services: usize, endpoints: usize) -> Model {
             failover: false,
             proxy_protocol: None,
             ingress: true,
+            hosts: Vec::new(),
+            tls: None,
         };
         let mut eps = Endpoints::default();
         for (n, first) in (0..endpoints).step_by(SLICE_SIZE).enumerate() {
@@ -130,5 +136,175 @@ fn main() {
             samples.last().unwrap()
         );
     }
+    shared_ports(&mut report);
     report.write();
+}
+
+/// Services sharing one listener port: by Host (`tls` false) or by SNI with TLS
+/// terminated, each with its own host, 10 endpoints per family and (with TLS) its own
+/// Secret.
+fn shared_model(services: usize, tls: bool) -> Model {
+    let mut m = model(services, 10);
+    let secret = rcgen::generate_simple_self_signed(vec!["bench.example.com".to_string()]).unwrap();
+    for (i, service) in m.services.values_mut().enumerate() {
+        service.ports[0].listener_port = 8443;
+        service.hosts = vec![format!("svc-{i}.example.com")];
+        if tls {
+            let name = ObjectKey::new("bench", format!("svc-{i}-tls"));
+            service.tls = Some(TlsMode::Terminate {
+                secret: name.clone(),
+            });
+            m.secrets.insert(
+                name,
+                Arc::new(TlsSecret {
+                    certificate_chain: secret.cert.pem(),
+                    private_key: secret.signing_key.serialize_pem(),
+                }),
+            );
+        }
+    }
+    m
+}
+
+/// What changed between two snapshots of the dual-family group, by type: resources
+/// resent and their encoded bytes (what a Delta client receives; a SotW client gets the
+/// same for RDS, EDS and SDS, and every listener and cluster for LDS and CDS).
+fn sent(before: &SnapshotSet, after: &SnapshotSet) -> Vec<(ResourceType, usize, usize)> {
+    let (b, a) = (
+        before.get("IPv4,IPv6").unwrap(),
+        after.get("IPv4,IPv6").unwrap(),
+    );
+    ResourceType::ALL
+        .into_iter()
+        .filter_map(|ty| {
+            let changed: Vec<_> = a
+                .resources(ty)
+                .iter()
+                .filter(|r| b.resources(ty).get(r.name()).map(|o| o.version()) != Some(r.version()))
+                .collect();
+            let bytes = changed.iter().map(|r| r.to_any().value.len()).sum();
+            (!changed.is_empty()).then_some((ty, changed.len(), bytes))
+        })
+        .collect()
+}
+
+fn describe(sent: &[(ResourceType, usize, usize)]) -> String {
+    sent.iter()
+        .map(|(ty, n, bytes)| format!("{} {n} resource(s) {bytes} B", ty.short_name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn median_ms(samples: &mut [f64]) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn shared_ports(report: &mut report::Report) {
+    const N: usize = 1_000;
+    for (tls, label) in [(false, "hosts"), (true, "sni_terminate")] {
+        let mut m = shared_model(N, tls);
+        let mut translator = Translator::new(Family::IPv4);
+        let t = Instant::now();
+        let mut last = translator.update(&m, None).unwrap();
+        let full = t.elapsed().as_secs_f64() * 1e3;
+        let key = m.services.keys().nth(N / 2).unwrap().clone();
+        let s = m.services.keys().position(|k| *k == key).unwrap();
+        let one: BTreeSet<ServiceKey> = [key.clone()].into();
+
+        // One Service's endpoints change: EDS only.
+        let mut endpoint_ms = Vec::new();
+        let mut endpoint_sent = Vec::new();
+        for round in 0..20 {
+            let t = Instant::now();
+            m.endpoints.get_mut(&key).unwrap().slices.insert(
+                format!("svc-{s}-v4-0"),
+                slice(s * 10, 10, false, 9000 + round),
+            );
+            let set = translator.update(&m, Some(&one)).unwrap();
+            endpoint_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            endpoint_sent = sent(&last, &set);
+            last = set;
+        }
+        assert_eq!(
+            endpoint_sent.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [ResourceType::Endpoint],
+            "an endpoint change on a shared port is EDS only"
+        );
+
+        // One Service's hosts change: its virtual host or filter chain is encoded again,
+        // the other 999 are reused; Envoy gets the port's whole route table or listener.
+        let mut hosts_ms = Vec::new();
+        let mut hosts_sent = Vec::new();
+        for round in 0..20 {
+            let t = Instant::now();
+            m.services.get_mut(&key).unwrap().hosts = vec![
+                format!("svc-{s}.example.com"),
+                format!("r{round}.example.com"),
+            ];
+            let set = translator.update(&m, Some(&one)).unwrap();
+            hosts_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            hosts_sent = sent(&last, &set);
+            last = set;
+        }
+        let (endpoint_med, hosts_med) = (median_ms(&mut endpoint_ms), median_ms(&mut hosts_ms));
+        report.record(&format!("shared_{label}_{N}_full_ms"), full);
+        report.record(
+            &format!("shared_{label}_{N}_endpoint_change_median_ms"),
+            endpoint_med,
+        );
+        report.record(
+            &format!("shared_{label}_{N}_hosts_change_median_ms"),
+            hosts_med,
+        );
+        let resent: usize = hosts_sent.iter().map(|s| s.2).sum();
+        report.record(
+            &format!("shared_{label}_{N}_hosts_change_bytes"),
+            resent as f64,
+        );
+        println!(
+            "{N} Services sharing one port ({}): full rebuild {full:.1} ms; one Service's endpoints changed: median {endpoint_med:.3} ms, sent: {}; one Service's hosts changed: median {hosts_med:.3} ms, sent: {}",
+            if tls { "SNI, TLS terminated" } else { "Host" },
+            describe(&endpoint_sent),
+            describe(&hosts_sent),
+        );
+
+        if tls {
+            // One Secret rotated: SDS only.
+            let secret = ObjectKey::new("bench", format!("svc-{s}-tls"));
+            let mut rotate_ms = Vec::new();
+            let mut rotate_sent = Vec::new();
+            for _ in 0..20 {
+                let issued =
+                    rcgen::generate_simple_self_signed(vec!["bench.example.com".to_string()])
+                        .unwrap();
+                let t = Instant::now();
+                m.secrets.insert(
+                    secret.clone(),
+                    Arc::new(TlsSecret {
+                        certificate_chain: issued.cert.pem(),
+                        private_key: issued.signing_key.serialize_pem(),
+                    }),
+                );
+                let set = translator.update(&m, Some(&one)).unwrap();
+                rotate_ms.push(t.elapsed().as_secs_f64() * 1e3);
+                rotate_sent = sent(&last, &set);
+                last = set;
+            }
+            assert_eq!(
+                rotate_sent.iter().map(|s| s.0).collect::<Vec<_>>(),
+                [ResourceType::Secret],
+                "a rotation is SDS only"
+            );
+            let rotate_med = median_ms(&mut rotate_ms);
+            report.record(
+                &format!("shared_{label}_{N}_secret_rotation_median_ms"),
+                rotate_med,
+            );
+            println!(
+                "  one Secret rotated: median {rotate_med:.3} ms, sent: {}",
+                describe(&rotate_sent)
+            );
+        }
+    }
 }

@@ -137,9 +137,24 @@ struct Selection {
     /// The primary family: Service endpoints of this family are served.
     #[arg(long, default_value = "ipv4")]
     primary_family: Family,
+    /// Terminate TLS for Services that ask (`dualstack-xds.io/tls: terminate`) with the
+    /// certificates of the Secrets they name; `false` where the control plane may not
+    /// read Secrets: none is read, and those Services are reported.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    tls_termination: bool,
 }
 
 impl Selection {
+    /// A pipeline for this selection, publishing into `cache`.
+    fn pipeline(&self, cache: SnapshotCache, metrics: PipelineMetrics) -> Pipeline {
+        let pipeline = Pipeline::new(self.primary_family, cache, metrics);
+        if self.tls_termination {
+            pipeline
+        } else {
+            pipeline.without_tls_termination()
+        }
+    }
+
     fn filter(&self) -> manifests::Filter {
         manifests::Filter {
             service_selector: self.service_selector.clone(),
@@ -321,7 +336,7 @@ impl Serve {
         clients.metrics.register(&mut registry);
         source_metrics.register(&mut registry);
         pipeline_metrics.register(&mut registry);
-        let pipeline = Pipeline::new(selection.primary_family, cache.clone(), pipeline_metrics);
+        let pipeline = selection.pipeline(cache.clone(), pipeline_metrics);
         let admin = Admin {
             pipeline: pipeline.status(),
             registry: Arc::new(registry),
@@ -394,6 +409,7 @@ impl Serve {
                     service_selector: selection.service_selector.to_string(),
                     namespaces: selection.namespaces.clone(),
                     config_map: selection.config_map.clone(),
+                    secrets: selection.tls_termination,
                 };
                 tokio::spawn(kube::run(client, scope, debounce, source_metrics, pipeline));
             }
@@ -445,11 +461,7 @@ impl Render {
         }
         // The pipeline `serve` runs, on the directory's objects, once.
         let cache = SnapshotCache::new();
-        let mut pipeline = Pipeline::new(
-            selection.primary_family,
-            cache.clone(),
-            PipelineMetrics::default(),
-        );
+        let mut pipeline = selection.pipeline(cache.clone(), PipelineMetrics::default());
         pipeline.send(SourceEvent::Changes {
             changes: dir.take_changes(),
             since: Instant::now(),

@@ -82,6 +82,13 @@ impl Pipeline {
         }
     }
 
+    /// Reports Services that ask for TLS termination instead of serving them
+    /// (`--tls-termination=false`).
+    pub fn without_tls_termination(mut self) -> Self {
+        self.translator = self.translator.without_tls_termination();
+        self
+    }
+
     /// Readiness and skipped objects, for the admin endpoints.
     pub fn status(&self) -> PipelineStatus {
         self.status.clone()

@@ -47,7 +47,10 @@ pub fn table(clients: &[serde_json::Value]) -> String {
         "CLUSTER".into(),
         "FAMILIES".into(),
         "STREAM".into(),
-        "ACKED (cds eds lds rds)".into(),
+        format!(
+            "ACKED ({})",
+            ResourceType::ALL.map(ResourceType::short_name).join(" ")
+        ),
         "PENDING".into(),
         "LAST NACK".into(),
     ]];

@@ -324,7 +324,12 @@ async fn admin_endpoints_status_and_metrics_describe_a_live_envoy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debug_views_stay_on_loopback_unless_a_flag_opens_them() {
     let config = tempfile::tempdir().unwrap();
-    write_manifests(config.path(), free_port(), "127.0.0.1:7".parse().unwrap(), false);
+    write_manifests(
+        config.path(),
+        free_port(),
+        "127.0.0.1:7".parse().unwrap(),
+        false,
+    );
     let port = free_port();
     let debug = free_port();
     // The admin address on every interface, as the deploy has it (probes, metrics).

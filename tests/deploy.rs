@@ -108,10 +108,8 @@ fn every_manifest_parses_and_kustomize_lists_them() {
     }
 }
 
-#[test]
-fn rbac_is_read_only_on_what_the_sources_watch() {
-    let docs = documents();
-    let role: ClusterRole = get(&docs, "ClusterRole/dualstack-xds");
+/// Every (API group, resource, sorted verbs) a role grants; no resource names or URLs.
+fn grants(role: ClusterRole) -> Vec<(String, String, Vec<String>)> {
     let mut granted: Vec<(String, String, Vec<String>)> = Vec::new();
     for rule in role.rules.unwrap() {
         for group in rule.api_groups.clone().unwrap_or_default() {
@@ -124,23 +122,40 @@ fn rbac_is_read_only_on_what_the_sources_watch() {
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
     }
     granted.sort();
+    granted
+}
+
+#[test]
+fn rbac_is_read_only_on_what_the_sources_watch() {
+    let docs = documents();
+    let role: ClusterRole = get(&docs, "ClusterRole/dualstack-xds");
     let read = vec!["get".to_string(), "list".into(), "watch".into()];
     assert_eq!(
-        granted,
+        grants(role),
         vec![
             ("".into(), "configmaps".into(), read.clone()),
             ("".into(), "services".into(), read.clone()),
-            ("discovery.k8s.io".into(), "endpointslices".into(), read),
+            (
+                "discovery.k8s.io".into(),
+                "endpointslices".into(),
+                read.clone()
+            ),
         ]
     );
-    let binding: ClusterRoleBinding = get(&docs, "ClusterRoleBinding/dualstack-xds");
-    assert_eq!(binding.role_ref.kind, "ClusterRole");
-    assert_eq!(binding.role_ref.name, "dualstack-xds");
-    let subject = &binding.subjects.unwrap()[0];
-    assert_eq!(
-        (subject.kind.as_str(), subject.name.as_str()),
-        ("ServiceAccount", "dualstack-xds")
-    );
+    // Secrets in a role of their own, which clusters that refuse Secret access delete
+    // (with --tls-termination=false).
+    let secrets: ClusterRole = get(&docs, "ClusterRole/dualstack-xds-tls-secrets");
+    assert_eq!(grants(secrets), vec![("".into(), "secrets".into(), read)]);
+    for name in ["dualstack-xds", "dualstack-xds-tls-secrets"] {
+        let binding: ClusterRoleBinding = get(&docs, &format!("ClusterRoleBinding/{name}"));
+        assert_eq!(binding.role_ref.kind, "ClusterRole");
+        assert_eq!(binding.role_ref.name, name);
+        let subject = &binding.subjects.unwrap()[0];
+        assert_eq!(
+            (subject.kind.as_str(), subject.name.as_str()),
+            ("ServiceAccount", "dualstack-xds")
+        );
+    }
     let _: ServiceAccount = get(&docs, "ServiceAccount/dualstack-xds");
     let deployment: Deployment = get(&docs, "Deployment/dualstack-xds");
     let spec = deployment.spec.unwrap().template.spec.unwrap();
@@ -427,6 +442,23 @@ fn ingress_fleets_meet_the_aks_dual_stack_constraints() {
             .into_iter()
             .filter_map(|p| p.name)
             .collect();
+        // The shared web ports of an ingress: 80 and 443 (to Envoy's 8080 and 8443).
+        let ports = spec.ports.clone().unwrap();
+        for (public, container) in [(80, 8080), (443, 8443)] {
+            let port = ports
+                .iter()
+                .find(|p| p.port == public)
+                .unwrap_or_else(|| panic!("{name}: no port {public}"));
+            assert_eq!(port.protocol.as_deref(), Some("TCP"));
+            let target = format!("{:?}", port.target_port);
+            let container_port = pod.containers[0]
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| target.contains(&format!("{:?}", p.name.clone().unwrap_or_default())))
+                .unwrap_or_else(|| panic!("{name}: {target}"));
+            assert_eq!(container_port.container_port, container, "{name}");
+        }
         for port in spec.ports.unwrap() {
             let target = match port.target_port.unwrap() {
                 k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,

@@ -147,6 +147,7 @@ async fn replicas_killed_restarted_and_stopped_under_traffic() {
     envoy
         .wait_stat("listener_manager.lds.update_success", 1)
         .await;
+    envoy.wait_listening().await;
     let ingress: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let traffic = Traffic::start(ingress);
     traffic.flows(10).await;
@@ -270,6 +271,8 @@ async fn the_api_server_goes_away_in_the_middle_of_a_flip() {
     );
     serve.wait_ready().await;
     let envoy = Envoy::start("envoy/ads-delta.yaml", serve.xds, "edge").await;
+    // Every failed round trip counts: start the traffic once Envoy takes connections.
+    envoy.wait_listening().await;
     let ingress: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let traffic = Traffic::start(ingress);
     traffic.flows(10).await;

@@ -427,3 +427,181 @@ async fn only_the_namespaces_given_are_watched() {
         )
         .await;
 }
+
+/// A Service terminating TLS for `host` on port 443 with the Secret `secret`.
+fn terminating(name: &str, host: &str, secret: &str) -> Value {
+    manifests::service(NS, name)
+        .port("https", 443)
+        .annotate("dualstack-xds.io/hosts", host)
+        .annotate("dualstack-xds.io/tls", "terminate")
+        .annotate("dualstack-xds.io/tls-secret", secret)
+        .json()
+}
+
+/// The served Secrets: each SDS name and its certificate chain.
+async fn served_secrets(serve: &ServeProcess) -> BTreeMap<String, String> {
+    let Some((200, body)) = serve.get("/debug/resources").await else {
+        return BTreeMap::new();
+    };
+    let json: Value = serde_json::from_str(&body).unwrap();
+    json["groups"]["IPv4,IPv6"]["secrets"]["resources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let chain = &r["resource"]["tls_certificate"]["certificate_chain"];
+            let pem = chain["inline_bytes"]
+                .as_str()
+                .or(chain["inline_string"].as_str())
+                .unwrap_or_default();
+            (r["name"].as_str().unwrap().to_owned(), pem.to_owned())
+        })
+        .collect()
+}
+
+async fn skipped_reasons(serve: &ServeProcess) -> Vec<String> {
+    let (_, body) = serve.get("/debug/resources").await.unwrap();
+    let json: Value = serde_json::from_str(&body).unwrap();
+    json["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{}: {}", s["name"].as_str().unwrap(), s["reason"]))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_secrets_that_services_name_are_read_and_their_rotation_is_pushed() {
+    let ca = common::tls::TestCa::new();
+    let first = ca.issue(&["shop.example.com"]);
+    let api = FakeApiServer::start_new().await;
+    seed(&api);
+    api.apply(terminating("shop", "shop.example.com", "shop-tls"));
+    api.apply(slice("shop-v4", "shop", "IPv4", &["10.1.0.5"]));
+    api.apply(manifests::tls_secret(NS, "shop-tls", &first.cert, &first.key).json());
+    // Secrets no Service names are never read.
+    let unrelated = ca.issue(&["db.internal"]);
+    api.apply(manifests::tls_secret(NS, "db-credentials", &unrelated.cert, &unrelated.key).json());
+    let serve = serve_kube(&api, &[]);
+    serve.wait_ready().await;
+    // Ready means the Secret was listed: the first publication already has it.
+    let secrets = served_secrets(&serve).await;
+    assert_eq!(
+        secrets.keys().collect::<Vec<_>>(),
+        ["shop/shop-tls"],
+        "{secrets:?}"
+    );
+    assert!(secrets["shop/shop-tls"].contains(first.cert.lines().nth(1).unwrap()));
+    assert_eq!(
+        api.requests("secrets list metadata.name=shop-tls"),
+        api.requests("secrets list"),
+        "every Secret request selects one named Secret"
+    );
+
+    // Rotation: the new certificate is served.
+    let second = ca.issue(&["shop.example.com"]);
+    api.apply(manifests::tls_secret(NS, "shop-tls", &second.cert, &second.key).json());
+    eventually("the rotated certificate served", WAIT, || async {
+        let secrets = served_secrets(&serve).await;
+        secrets
+            .get("shop/shop-tls")?
+            .contains(second.cert.lines().nth(1).unwrap())
+            .then_some(())
+    })
+    .await;
+
+    // A malformed Secret: the host is reported, the rest served.
+    api.apply(manifests::tls_secret(NS, "shop-tls", &second.cert, &unrelated.key).json());
+    eventually("the malformed Secret reported", WAIT, || async {
+        let reasons = skipped_reasons(&serve).await;
+        (reasons
+            .iter()
+            .any(|r| r.starts_with("shop-tls:") && r.contains("key"))
+            && reasons.iter().any(|r| r.starts_with("shop:")))
+        .then_some(())
+    })
+    .await;
+    assert!(served_secrets(&serve).await.is_empty());
+    let observer = Observer::open(serve.xds).await;
+    observer
+        .wait_endpoints(
+            "the rest is served",
+            "shop/web:80",
+            &["10.1.0.1", "10.1.0.2"],
+        )
+        .await;
+
+    // Another Service names a second Secret: it is read from then on.
+    let blog = ca.issue(&["blog.example.com"]);
+    api.apply(manifests::tls_secret(NS, "blog-tls", &blog.cert, &blog.key).json());
+    assert_eq!(api.requests("secrets list metadata.name=blog-tls"), 0);
+    api.apply(terminating("blog", "blog.example.com", "blog-tls"));
+    eventually("the blog Secret served", WAIT, || async {
+        served_secrets(&serve)
+            .await
+            .contains_key("shop/blog-tls")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(api.requests("secrets list metadata.name=db-credentials"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_that_refuses_secrets_still_gets_everything_else() {
+    let api = FakeApiServer::start_new().await;
+    seed(&api);
+    api.apply(terminating("shop", "shop.example.com", "shop-tls"));
+    api.forbid(Kind::Secret);
+
+    // Termination on, Secrets forbidden: ready anyway, the Service reported.
+    let serve = serve_kube(&api, &[]);
+    serve.wait_ready().await;
+    let observer = Observer::open(serve.xds).await;
+    observer
+        .wait_endpoints(
+            "the rest is served",
+            "shop/web:80",
+            &["10.1.0.1", "10.1.0.2"],
+        )
+        .await;
+    assert!(skipped_reasons(&serve)
+        .await
+        .iter()
+        .any(|r| r.starts_with("shop:") && r.contains("shop-tls")));
+    assert!(
+        serve
+            .metric("dualstack_xds_watch_errors_total{kind=\"Secret\"}")
+            .await
+            >= 1
+    );
+    eventually("the log says what to do", WAIT, || async {
+        serve
+            .log()
+            .contains("--tls-termination=false")
+            .then_some(())
+    })
+    .await;
+    drop(serve);
+
+    // --tls-termination=false: no Secret is ever requested.
+    let before = api.requests("secrets list") + api.requests("secrets watch");
+    let serve = serve_kube(&api, &["--tls-termination=false"]);
+    serve.wait_ready().await;
+    let reasons = skipped_reasons(&serve).await;
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("shop:") && r.contains("TLS termination is turned off")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        api.requests("secrets list") + api.requests("secrets watch"),
+        before
+    );
+    assert_eq!(
+        serve
+            .metric("dualstack_xds_watch_errors_total{kind=\"Secret\"}")
+            .await,
+        0
+    );
+}

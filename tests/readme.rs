@@ -108,6 +108,17 @@ impl Workspace {
         );
     }
 
+    /// Runs a shell command in the working directory; its standard output, whatever
+    /// its exit status.
+    fn output(&self, script: &str) -> String {
+        let output = Command::new("sh")
+            .args(["-c", script])
+            .current_dir(self.root())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     fn write(&self, path: &str, text: &str) {
         std::fs::write(self.root().join(path), text).unwrap();
     }
@@ -218,6 +229,20 @@ impl Envoy {
                     .map(str::to_owned)
             })
             .collect()
+    }
+
+    /// A counter or gauge from Envoy's `/stats`; 0 when absent.
+    fn stat(&self, name: &str) -> u64 {
+        common::blocking_http_get(
+            ENVOY_ADMIN.parse().unwrap(),
+            &format!("/stats?filter=^{name}$"),
+        )
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
     }
 
     fn has_cluster(&self, cluster: &str) -> bool {
@@ -539,6 +564,79 @@ fn a_configmap_volume_is_served_and_its_updates_reach_envoy() {
     ws.until("a key removed from the ConfigMap reaches Envoy", || {
         !envoy.has_cluster(WEB) && !envoy.has_cluster("shop/api:9090")
     });
+}
+
+/// The first PEM certificate in `text`, without whitespace (indentation differs).
+fn first_certificate(text: &str) -> Option<String> {
+    let start = text.find("-----BEGIN CERTIFICATE-----")?;
+    let end = text[start..].find("-----END CERTIFICATE-----")? + start;
+    Some(text[start..end].split_whitespace().collect())
+}
+
+#[test]
+fn the_readme_shared_443_example_serves_each_name_and_rotates_over_sds() {
+    let _one = lock();
+    let mut ws = Workspace::new();
+    let envoy = ws.start_readme(&readme_command(
+        "cargo run --release -- serve --manifests examples",
+    ));
+    let example = std::fs::read_to_string(ws.root().join("examples/shared-443.yaml")).unwrap();
+    let example_cert = first_certificate(&example).unwrap();
+    let blog = readme_command("openssl s_client -connect 127.0.0.1:8443 -servername blog");
+    ws.until("the README's s_client gets the example certificate", || {
+        first_certificate(&ws.output(&blog)).as_ref() == Some(&example_cert)
+    });
+    let nobody = readme_command("openssl s_client -connect 127.0.0.1:8443 -servername nobody");
+    assert_eq!(
+        first_certificate(&ws.output(&nobody)),
+        None,
+        "a name no Service claims gets no certificate"
+    );
+    let certs = envoy.get_json("/certs").to_string();
+    assert!(certs.contains("www.blog.example.com"), "{certs}");
+
+    // Rotation, as an editor saves: a new certificate and key, renamed over the file.
+    let listener_stats = || {
+        [
+            "listener_modified",
+            "listener_removed",
+            "total_filter_chains_draining",
+        ]
+        .map(|s| envoy.stat(&format!("listener_manager.{s}")))
+    };
+    let before = listener_stats();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names = [
+        "checkout.example.com",
+        "blog.example.com",
+        "www.blog.example.com",
+    ];
+    let cert = rcgen::CertificateParams::new(names.map(String::from).to_vec())
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
+    let old_cert = example
+        .split("tls.crt: |\n    ")
+        .nth(1)
+        .unwrap()
+        .split("\n  tls.key")
+        .next()
+        .unwrap();
+    let old_key = example.split("tls.key: |\n    ").nth(1).unwrap().trim_end();
+    let rotated = example
+        .replace(old_cert, &indent(&cert.pem()))
+        .replace(old_key, &indent(&key.serialize_pem()));
+    ws.write("examples/.shared-443.yaml.swp", &rotated);
+    ws.sh("mv examples/.shared-443.yaml.swp examples/shared-443.yaml");
+    let new_cert: String = cert.pem().split_whitespace().collect();
+    let new_cert = new_cert
+        .trim_end_matches("-----ENDCERTIFICATE-----")
+        .to_owned();
+    ws.until("the rotated certificate served", || {
+        first_certificate(&ws.output(&blog)).as_ref() == Some(&new_cert)
+    });
+    assert_eq!(listener_stats(), before, "the rotation drained no listener");
 }
 
 #[test]

@@ -83,6 +83,8 @@ fn service(name: &str, port: u16, kind: PortKind) -> ModelChange {
             failover: false,
             proxy_protocol: None,
             ingress: true,
+            hosts: Vec::new(),
+            tls: None,
         }),
     )
 }
@@ -110,7 +112,7 @@ fn translate_sets() -> [SnapshotSet; 2] {
 /// the client's answer to it.
 #[derive(Default)]
 pub struct InFlight {
-    pending: [Option<String>; 4],
+    pending: [Option<String>; ResourceType::COUNT],
 }
 
 impl InFlight {

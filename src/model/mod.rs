@@ -164,13 +164,15 @@ pub enum ObjectKind {
     Service,
     EndpointSlice,
     ConfigMap,
+    Secret,
 }
 
 impl ObjectKind {
-    pub const ALL: [ObjectKind; 3] = [
+    pub const ALL: [ObjectKind; 4] = [
         ObjectKind::Service,
         ObjectKind::EndpointSlice,
         ObjectKind::ConfigMap,
+        ObjectKind::Secret,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -178,6 +180,7 @@ impl ObjectKind {
             ObjectKind::Service => "Service",
             ObjectKind::EndpointSlice => "EndpointSlice",
             ObjectKind::ConfigMap => "ConfigMap",
+            ObjectKind::Secret => "Secret",
         }
     }
 }
@@ -238,6 +241,49 @@ pub struct Service {
     pub proxy_protocol: Option<ProxyProtocol>,
     /// `dualstack-xds.io/ingress: "false"` turns ingress listeners off.
     pub ingress: bool,
+    /// `dualstack-xds.io/hosts`: the Service shares its listener ports with other
+    /// Services, routed by HTTP Host (or by TLS SNI with `tls`). Exact names and
+    /// `*.suffix` wildcards, lowercase.
+    pub hosts: Vec<String>,
+    /// `dualstack-xds.io/tls` (with `hosts`).
+    pub tls: Option<TlsMode>,
+}
+
+/// TLS on a shared port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum TlsMode {
+    /// The backend terminates TLS; the ingress routes the connection by SNI.
+    Passthrough,
+    /// The ingress terminates TLS with the certificate of this `kubernetes.io/tls` Secret
+    /// (in the Service's namespace) and routes HTTP to the backend.
+    Terminate { secret: ObjectKey },
+}
+
+impl Service {
+    /// The Secret whose certificate the ingress serves for this Service, if any.
+    pub fn tls_secret(&self) -> Option<&ObjectKey> {
+        match &self.tls {
+            Some(TlsMode::Terminate { secret }) => Some(secret),
+            _ => None,
+        }
+    }
+}
+
+/// A TLS certificate and its key, from a `kubernetes.io/tls` Secret, as PEM; checked to
+/// parse and to match when converted.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TlsSecret {
+    pub certificate_chain: String,
+    pub private_key: String,
+}
+
+impl fmt::Debug for TlsSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key, in any log.
+        f.debug_struct("TlsSecret")
+            .field("certificate_chain", &self.certificate_chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
@@ -256,6 +302,8 @@ impl Service {
             failover: false,
             proxy_protocol: None,
             ingress: true,
+            hosts: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -404,6 +452,8 @@ pub struct Model {
     pub config_primary_family: Option<Family>,
     /// Objects left out, by kind and identity.
     pub skipped: BTreeMap<(ObjectKind, ObjectKey), Skipped>,
+    /// The TLS Secrets Services terminate with (only those they reference are read).
+    pub secrets: BTreeMap<ObjectKey, Arc<TlsSecret>>,
 }
 
 impl Model {

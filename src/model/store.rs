@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::{Family, Model, ObjectKey, ObjectKind, Service, ServiceKey, Skipped, SliceEndpoints};
+use super::{
+    Family, Model, ObjectKey, ObjectKind, Service, ServiceKey, Skipped, SliceEndpoints, TlsSecret,
+};
 
 /// One change to the model's inputs, from any source.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,6 +27,9 @@ pub enum ModelChange {
     /// The mode ConfigMap: `None` when there is none, else its `primaryFamily` (`None`
     /// when unset) or why that is invalid (the last valid value then stays in force).
     Mode(Option<Result<Option<Family>, Skipped>>),
+    /// A TLS Secret added or updated, or why it can't be used.
+    Secret(ObjectKey, Result<TlsSecret, Skipped>),
+    SecretRemoved(ObjectKey),
 }
 
 impl ModelChange {
@@ -35,6 +40,7 @@ impl ModelChange {
             ObjectKind::EndpointSlice => ModelChange::SliceRemoved(key),
             // One ConfigMap is read (by name): its removal is the mode's.
             ObjectKind::ConfigMap => ModelChange::Mode(None),
+            ObjectKind::Secret => ModelChange::SecretRemoved(key),
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct ModelStore {
     slices: BTreeMap<ObjectKey, Option<ServiceKey>>,
     /// The mode ConfigMap as last seen.
     mode: Option<Result<Option<Family>, Skipped>>,
+    /// The Services that terminate TLS with each Secret.
+    secret_users: BTreeMap<ObjectKey, BTreeSet<ServiceKey>>,
 }
 
 impl ModelStore {
@@ -121,6 +129,63 @@ impl ModelStore {
                 changed
             }
             ModelChange::Mode(mode) => self.set_mode(mode),
+            ModelChange::Secret(key, secret) => self.upsert_secret(key, secret),
+            ModelChange::SecretRemoved(key) => {
+                let mut changed = self.secret_changed(&key);
+                let had = self.model.secrets.remove(&key).is_some()
+                    | self
+                        .model
+                        .skipped
+                        .remove(&(ObjectKind::Secret, key.clone()))
+                        .is_some();
+                if !had {
+                    changed = Changed::Nothing;
+                }
+                changed
+            }
+        }
+    }
+
+    /// The Services a change of this Secret touches.
+    fn secret_changed(&self, key: &ObjectKey) -> Changed {
+        match self.secret_users.get(key) {
+            Some(users) if !users.is_empty() => Changed::Services(users.clone()),
+            _ => Changed::Nothing,
+        }
+    }
+
+    fn upsert_secret(&mut self, key: ObjectKey, secret: Result<TlsSecret, Skipped>) -> Changed {
+        let skip_key = (ObjectKind::Secret, key.clone());
+        match secret {
+            Ok(secret) => {
+                if self.model.secrets.get(&key).map(|s| &**s) == Some(&secret) {
+                    return Changed::Nothing;
+                }
+                self.model.skipped.remove(&skip_key);
+                self.model.secrets.insert(key.clone(), Arc::new(secret));
+            }
+            Err(skip) => {
+                if self.model.skipped.get(&skip_key) == Some(&skip) {
+                    return Changed::Nothing;
+                }
+                self.model.secrets.remove(&key);
+                self.model.skipped.insert(skip_key, skip);
+            }
+        }
+        self.secret_changed(&key)
+    }
+
+    /// Keeps the index of Secret users in line with a Service's new value.
+    fn index_secret(&mut self, key: &ObjectKey, service: Option<&Service>) {
+        for users in self.secret_users.values_mut() {
+            users.remove(key);
+        }
+        self.secret_users.retain(|_, users| !users.is_empty());
+        if let Some(secret) = service.and_then(Service::tls_secret) {
+            self.secret_users
+                .entry(secret.clone())
+                .or_default()
+                .insert(key.clone());
         }
     }
 
@@ -132,6 +197,7 @@ impl ModelStore {
                 if self.model.services.get(&key) == Some(&service) {
                     return Changed::Nothing;
                 }
+                self.index_secret(&key, Some(&service));
                 self.model.skipped.remove(&skip_key);
                 self.model.services.insert(key.clone(), service);
             }
@@ -139,6 +205,7 @@ impl ModelStore {
                 if self.model.skipped.get(&skip_key) == Some(&skip) {
                     return Changed::Nothing;
                 }
+                self.index_secret(&key, None);
                 self.model.services.remove(&key);
                 self.model.skipped.insert(skip_key, skip);
             }
@@ -153,6 +220,7 @@ impl ModelStore {
         self.model
             .skipped
             .remove(&(ObjectKind::Service, key.clone()));
+        self.index_secret(key, None);
         self.model.services.remove(key);
         Changed::Services([key.clone()].into())
     }

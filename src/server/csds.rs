@@ -25,6 +25,7 @@ use super::authorization::NodeAuthorization;
 use super::clients::ClientRegistry;
 use super::protocol::StreamStatus;
 use super::transport::Peer;
+use crate::snapshot::ResourceType;
 
 /// Every stream's resources and their status. With `exclude_contents`, resources are
 /// listed without their bodies.
@@ -48,7 +49,10 @@ pub fn client_status(streams: &[StreamStatus], exclude_contents: bool) -> Client
                         type_url: ty.type_url.to_owned(),
                         name: resource.name().to_string(),
                         version_info: resource.version().to_string(),
-                        xds_config: (!exclude_contents).then(|| resource.to_any()),
+                        // Never a TLS secret's body: it carries a private key.
+                        xds_config: (!exclude_contents
+                            && ty.type_url != ResourceType::Secret.type_url())
+                        .then(|| resource.to_any()),
                         config_status: config_status as i32,
                         client_status: client_status as i32,
                         error_state: rejected.map(|nack| UpdateFailureState {

@@ -141,6 +141,7 @@ impl XdsServer {
             .add_service(EdsService(self.clone()))
             .add_service(LdsService(self.clone()))
             .add_service(RdsService(self.clone()))
+            .add_service(SdsService(self.clone()))
             .add_service(csds)
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
@@ -531,4 +532,5 @@ discovery_services! {
     EdsService: "envoy.service.endpoint.v3.EndpointDiscoveryService" => Scope::Single(ResourceType::Endpoint);
     LdsService: "envoy.service.listener.v3.ListenerDiscoveryService" => Scope::Single(ResourceType::Listener);
     RdsService: "envoy.service.route.v3.RouteDiscoveryService" => Scope::Single(ResourceType::Route);
+    SdsService: "envoy.service.secret.v3.SecretDiscoveryService" => Scope::Single(ResourceType::Secret);
 }

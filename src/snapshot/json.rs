@@ -27,6 +27,18 @@ pub fn resource_json(resource: &Resource) -> serde_json::Value {
         .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
 }
 
+/// A resource as an operator may see it: private keys are never shown (TLS secrets
+/// carry them; their versions still tell a rotation).
+pub fn redacted_json(resource: &Resource, ty: ResourceType) -> serde_json::Value {
+    let mut json = resource_json(resource);
+    if ty == ResourceType::Secret {
+        if let Some(key) = json.pointer_mut("/tls_certificate/private_key") {
+            *key = serde_json::json!("[redacted]");
+        }
+    }
+    json
+}
+
 /// Every resource of a snapshot, by type, each with its name and version.
 pub fn snapshot_json(snapshot: &Snapshot) -> serde_json::Value {
     let mut out = serde_json::Map::new();
@@ -34,6 +46,7 @@ pub fn snapshot_json(snapshot: &Snapshot) -> serde_json::Value {
         let key = match ty {
             ResourceType::Cluster => "clusters",
             ResourceType::Endpoint => "endpoints",
+            ResourceType::Secret => "secrets",
             ResourceType::Listener => "listeners",
             ResourceType::Route => "routes",
         };
@@ -45,7 +58,7 @@ pub fn snapshot_json(snapshot: &Snapshot) -> serde_json::Value {
                 "resources": resources.iter().map(|r| serde_json::json!({
                     "name": &**r.name(),
                     "version": r.version().to_string(),
-                    "resource": resource_json(r),
+                    "resource": redacted_json(r, ty),
                 })).collect::<Vec<_>>(),
             }),
         );

@@ -107,9 +107,10 @@ fn entry_hash(resource: &Resource) -> u128 {
 /// An immutable, consistent set of resources of every type. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    types: [TypeSnapshot; 4],
-    /// How many resources reference each EDS / RDS name (consistency bookkeeping).
-    referenced: [OrdMap<Arc<str>, u32>; 4],
+    types: [TypeSnapshot; ResourceType::COUNT],
+    /// How many resources reference each EDS / RDS / SDS name, by the referenced type
+    /// (consistency bookkeeping).
+    referenced: [OrdMap<Arc<str>, u32>; ResourceType::COUNT],
 }
 
 impl Snapshot {
@@ -142,9 +143,9 @@ pub struct InconsistentSnapshot {
 #[derive(Debug)]
 pub struct SnapshotBuilder {
     next: Snapshot,
-    /// EDS / RDS names whose presence or references changed, per type: only these need
-    /// checking, which keeps a small change cheap.
-    touched: [BTreeSet<Arc<str>>; 4],
+    /// EDS / RDS / SDS names whose presence or references changed, per type: only these
+    /// need checking, which keeps a small change cheap.
+    touched: [BTreeSet<Arc<str>>; ResourceType::COUNT],
 }
 
 impl SnapshotBuilder {
@@ -158,12 +159,12 @@ impl SnapshotBuilder {
         if self.next.types[ty.index()].get(resource.name()) == Some(&resource) {
             return self;
         }
-        self.add_references(ty, &resource);
-        if ty.referenced_type().is_none() {
+        self.add_references(&resource);
+        if ty.referenced_by().is_some() {
             self.touched[ty.index()].insert(resource.name().clone());
         }
         if let Some(old) = self.next.types[ty.index()].insert(resource) {
-            self.drop_references(ty, &old);
+            self.drop_references(&old);
         }
         self
     }
@@ -171,10 +172,10 @@ impl SnapshotBuilder {
     /// Removes a resource if present.
     pub fn remove(&mut self, ty: ResourceType, name: &str) -> &mut Self {
         if let Some(old) = self.next.types[ty.index()].remove(name) {
-            if ty.referenced_type().is_none() {
+            if ty.referenced_by().is_some() {
                 self.touched[ty.index()].insert(old.name().clone());
             }
-            self.drop_references(ty, &old);
+            self.drop_references(&old);
         }
         self
     }
@@ -185,17 +186,14 @@ impl SnapshotBuilder {
     pub fn share(&mut self, other: &Snapshot, ty: ResourceType) -> &mut Self {
         self.next.types[ty.index()] = other.types[ty.index()].clone();
         self.touched[ty.index()].clear();
-        if let Some(target) = ty.referenced_type() {
+        for target in ty.referenced_types() {
             self.next.referenced[target.index()] = other.referenced[target.index()].clone();
         }
         self
     }
 
-    fn add_references(&mut self, ty: ResourceType, resource: &Resource) {
-        let Some(target) = ty.referenced_type() else {
-            return;
-        };
-        for name in resource.references() {
+    fn add_references(&mut self, resource: &Resource) {
+        for (target, name) in resource.references() {
             *self.next.referenced[target.index()]
                 .entry(name.clone())
                 .or_insert(0) += 1;
@@ -203,12 +201,9 @@ impl SnapshotBuilder {
         }
     }
 
-    fn drop_references(&mut self, ty: ResourceType, resource: &Resource) {
-        let Some(target) = ty.referenced_type() else {
-            return;
-        };
-        let counts = &mut self.next.referenced[target.index()];
-        for name in resource.references() {
+    fn drop_references(&mut self, resource: &Resource) {
+        for (target, name) in resource.references() {
+            let counts = &mut self.next.referenced[target.index()];
             if let Some(count) = counts.get_mut(name) {
                 *count -= 1;
                 if *count == 0 {
@@ -220,17 +215,16 @@ impl SnapshotBuilder {
     }
 
     /// Checks that every ClusterLoadAssignment is named by a cluster and every
-    /// RouteConfiguration by a listener, and that every such name exists, as
-    /// go-control-plane's `Consistent` does. Only touched names are checked.
+    /// RouteConfiguration and TLS secret by a listener, and that every such name exists,
+    /// as go-control-plane's `Consistent` does. Only touched names are checked.
     pub fn build(self) -> Result<Snapshot, InconsistentSnapshot> {
         let mut problems = Vec::new();
-        for ty in [ResourceType::Endpoint, ResourceType::Route] {
+        for ty in ResourceType::ALL {
+            let Some(by) = ty.referenced_by() else {
+                continue;
+            };
             let present = &self.next.types[ty.index()];
             let referenced = &self.next.referenced[ty.index()];
-            let by = match ty {
-                ResourceType::Endpoint => "cluster",
-                _ => "listener",
-            };
             for name in &self.touched[ty.index()] {
                 match (present.get(name).is_some(), referenced.contains_key(name)) {
                     (true, false) => problems.push(format!(

@@ -8,31 +8,40 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
 };
+use envoy_types::pb::envoy::config::core::v3::transport_socket;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    DownstreamTlsContext, Secret,
+};
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
 /// The resource types this server serves, in make-before-break order: clusters before
 /// their endpoints, listeners before their routes (Envoy's `xds_protocol`, "eventual
-/// consistency considerations").
+/// consistency considerations"), the TLS secrets listeners use before the listeners.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceType {
     Cluster,
     Endpoint,
+    Secret,
     Listener,
     Route,
 }
 
 impl ResourceType {
+    /// How many types there are.
+    pub const COUNT: usize = 5;
+
     /// Every type, in the order an ADS stream sends them.
-    pub const ALL: [ResourceType; 4] = [
+    pub const ALL: [ResourceType; Self::COUNT] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
+        ResourceType::Secret,
         ResourceType::Listener,
         ResourceType::Route,
     ];
@@ -44,6 +53,9 @@ impl ResourceType {
             ResourceType::Endpoint => {
                 "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
             }
+            ResourceType::Secret => {
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+            }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
         }
@@ -54,11 +66,13 @@ impl ResourceType {
         Self::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// Short lowercase name used in logs and metric labels (`cds`, `eds`, `lds`, `rds`).
+    /// Short lowercase name used in logs and metric labels (`cds`, `eds`, `sds`, `lds`,
+    /// `rds`).
     pub fn short_name(self) -> &'static str {
         match self {
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
+            ResourceType::Secret => "sds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
         }
@@ -71,13 +85,23 @@ impl ResourceType {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
     }
 
-    /// The type whose names this type's resources reference: clusters name their
-    /// ClusterLoadAssignment, listeners their RouteConfigurations.
-    pub fn referenced_type(self) -> Option<ResourceType> {
+    /// The types whose names this type's resources reference: clusters name their
+    /// ClusterLoadAssignment, listeners their RouteConfigurations and TLS secrets.
+    pub fn referenced_types(self) -> &'static [ResourceType] {
         match self {
-            ResourceType::Cluster => Some(ResourceType::Endpoint),
-            ResourceType::Listener => Some(ResourceType::Route),
-            ResourceType::Endpoint | ResourceType::Route => None,
+            ResourceType::Cluster => &[ResourceType::Endpoint],
+            ResourceType::Listener => &[ResourceType::Route, ResourceType::Secret],
+            _ => &[],
+        }
+    }
+
+    /// What references resources of this type (they must be referenced, and present
+    /// when referenced), if anything does.
+    pub fn referenced_by(self) -> Option<&'static str> {
+        match self {
+            ResourceType::Endpoint => Some("cluster"),
+            ResourceType::Route | ResourceType::Secret => Some("listener"),
+            _ => None,
         }
     }
 
@@ -114,8 +138,8 @@ pub trait XdsResource: Message + Name {
     const TYPE: ResourceType;
     /// The name clients subscribe to.
     fn resource_name(&self) -> &str;
-    /// Names of resources of [`ResourceType::referenced_type`] it depends on.
-    fn references(&self) -> Vec<String> {
+    /// The resources it depends on (of its [`ResourceType::referenced_types`]).
+    fn references(&self) -> Vec<(ResourceType, String)> {
         Vec::new()
     }
 }
@@ -125,7 +149,7 @@ impl XdsResource for Cluster {
     fn resource_name(&self) -> &str {
         &self.name
     }
-    fn references(&self) -> Vec<String> {
+    fn references(&self) -> Vec<(ResourceType, String)> {
         let is_eds = matches!(
             self.cluster_discovery_type,
             Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
@@ -139,7 +163,7 @@ impl XdsResource for Cluster {
             .map(|c| c.service_name.as_str())
             .filter(|s| !s.is_empty())
             .unwrap_or(&self.name);
-        vec![service_name.to_owned()]
+        vec![(ResourceType::Endpoint, service_name.to_owned())]
     }
 }
 
@@ -155,36 +179,60 @@ impl XdsResource for Listener {
     fn resource_name(&self) -> &str {
         &self.name
     }
-    fn references(&self) -> Vec<String> {
-        let chain_filters = self
+    fn references(&self) -> Vec<(ResourceType, String)> {
+        use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+        let chains: Vec<_> = self
             .filter_chains
             .iter()
             .chain(self.default_filter_chain.as_ref())
+            .collect();
+        let chain_filters = chains
+            .iter()
             .flat_map(|chain| chain.filters.iter())
             .filter_map(|filter| match &filter.config_type {
-                Some(
-                    envoy_types::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(
-                        any,
-                    ),
-                ) => Some(any),
+                Some(ConfigType::TypedConfig(any)) => Some(any),
                 _ => None,
             });
         let api_listener = self
             .api_listener
             .as_ref()
             .and_then(|api| api.api_listener.as_ref());
-        let mut names: Vec<String> = chain_filters
+        let routes = chain_filters
             .chain(api_listener)
             .filter(|any| any.type_url == HttpConnectionManager::type_url())
             .filter_map(|any| HttpConnectionManager::decode(any.value.as_slice()).ok())
             .filter_map(|hcm| match hcm.route_specifier {
-                Some(RouteSpecifier::Rds(rds)) => Some(rds.route_config_name),
+                Some(RouteSpecifier::Rds(rds)) => {
+                    Some((ResourceType::Route, rds.route_config_name))
+                }
+                _ => None,
+            });
+        let secrets = chains
+            .iter()
+            .filter_map(|chain| chain.transport_socket.as_ref())
+            .filter_map(|socket| match &socket.config_type {
+                Some(transport_socket::ConfigType::TypedConfig(any)) => Some(any),
                 _ => None,
             })
-            .collect();
+            .filter(|any| any.type_url == DownstreamTlsContext::type_url())
+            .filter_map(|any| DownstreamTlsContext::decode(any.value.as_slice()).ok())
+            .flat_map(|tls| {
+                tls.common_tls_context
+                    .unwrap_or_default()
+                    .tls_certificate_sds_secret_configs
+            })
+            .map(|sds| (ResourceType::Secret, sds.name));
+        let mut names: Vec<(ResourceType, String)> = routes.chain(secrets).collect();
         names.sort();
         names.dedup();
         names
+    }
+}
+
+impl XdsResource for Secret {
+    const TYPE: ResourceType = ResourceType::Secret;
+    fn resource_name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -202,7 +250,7 @@ pub struct Resource {
     name: Arc<str>,
     version: Version,
     any: Bytes,
-    references: Arc<[Arc<str>]>,
+    references: Arc<[(ResourceType, Arc<str>)]>,
 }
 
 impl Resource {
@@ -213,7 +261,13 @@ impl Resource {
 
     /// Like [`Resource::new`], with the references already known to the caller (which
     /// saves decoding a listener's filters to find its routes).
-    pub fn with_references<R: XdsResource>(message: &R, references: Vec<String>) -> Self {
+    pub fn with_references<R: XdsResource>(
+        message: &R,
+        references: Vec<(ResourceType, String)>,
+    ) -> Self {
+        let mut references = references;
+        references.sort();
+        references.dedup();
         debug_assert_eq!(references, message.references());
         let value = message.encode_to_vec();
         let version = Version::of_bytes(&value);
@@ -221,7 +275,10 @@ impl Resource {
             type_url: R::TYPE.type_url().to_owned(),
             value,
         };
-        let references: Vec<Arc<str>> = references.into_iter().map(Arc::from).collect();
+        let references: Vec<(ResourceType, Arc<str>)> = references
+            .into_iter()
+            .map(|(ty, name)| (ty, Arc::from(name)))
+            .collect();
         Resource {
             name: Arc::from(message.resource_name()),
             version,
@@ -233,6 +290,16 @@ impl Resource {
     /// A resource whose message is already encoded (`value`, the bytes of the message
     /// itself), as translation assembles ClusterLoadAssignments from encoded pieces.
     pub fn from_encoded(ty: ResourceType, name: &str, value: &[u8]) -> Self {
+        Self::from_encoded_with_references(ty, name, value, Vec::new())
+    }
+
+    /// [`Resource::from_encoded`], for a resource that references others.
+    pub fn from_encoded_with_references(
+        ty: ResourceType,
+        name: &str,
+        value: &[u8],
+        references: Vec<(ResourceType, String)>,
+    ) -> Self {
         use prost::encoding::{encode_key, encode_varint, WireType};
         let version = Version::of_bytes(value);
         let type_url = ty.type_url();
@@ -250,7 +317,10 @@ impl Resource {
             name: Arc::from(name),
             version,
             any: Bytes::from(any),
-            references: Arc::new([]),
+            references: references
+                .into_iter()
+                .map(|(ty, name)| (ty, Arc::from(name)))
+                .collect(),
         }
     }
 
@@ -272,8 +342,8 @@ impl Resource {
         Any::decode(self.any.clone()).expect("encoded by Resource::new")
     }
 
-    /// Names this resource depends on (see [`XdsResource::references`]).
-    pub fn references(&self) -> &[Arc<str>] {
+    /// What this resource depends on (see [`XdsResource::references`]).
+    pub fn references(&self) -> &[(ResourceType, Arc<str>)] {
         &self.references
     }
 }

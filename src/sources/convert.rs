@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service as K8sService};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret as K8sSecret, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
     Endpoint, EndpointState, Family, ModelChange, ObjectKey, ObjectKind, PortKind, ProxyProtocol,
-    Service, ServiceKey, ServicePort, Skipped, Slice, SliceEndpoints,
+    Service, ServiceKey, ServicePort, Skipped, Slice, SliceEndpoints, TlsMode, TlsSecret,
 };
 
 /// Every annotation the product reads starts with this.
@@ -23,6 +23,9 @@ pub const ANNOTATION_FAILOVER: &str = "dualstack-xds.io/failover";
 pub const ANNOTATION_PROXY_PROTOCOL: &str = "dualstack-xds.io/proxy-protocol";
 pub const ANNOTATION_LISTENER_PORTS: &str = "dualstack-xds.io/listener-ports";
 pub const ANNOTATION_INGRESS: &str = "dualstack-xds.io/ingress";
+pub const ANNOTATION_HOSTS: &str = "dualstack-xds.io/hosts";
+pub const ANNOTATION_TLS: &str = "dualstack-xds.io/tls";
+pub const ANNOTATION_TLS_SECRET: &str = "dualstack-xds.io/tls-secret";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const CONFIG_PRIMARY_FAMILY_KEY: &str = "primaryFamily";
 
@@ -149,6 +152,67 @@ fn convert_service(object: &K8sService, key: &ServiceKey) -> Result<Service, Str
             "annotation {ANNOTATION_LISTENER_PORTS}: {unknown} is not a port of this Service"
         ));
     }
+    let hosts = annotation(ANNOTATION_HOSTS)
+        .map(parse_hosts)
+        .transpose()?
+        .unwrap_or_default();
+    let tls = match (annotation(ANNOTATION_TLS).map(str::trim), annotation(ANNOTATION_TLS_SECRET)) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(format!(
+                "annotation {ANNOTATION_TLS_SECRET} without {ANNOTATION_TLS}: terminate"
+            ))
+        }
+        (Some("passthrough"), None) => Some(TlsMode::Passthrough),
+        (Some("passthrough"), Some(_)) => {
+            return Err(format!(
+                "annotation {ANNOTATION_TLS_SECRET}: a passthrough Service's backend holds its own certificate"
+            ))
+        }
+        (Some("terminate"), Some(secret)) => {
+            let secret = secret.trim();
+            check_subdomain(ANNOTATION_TLS_SECRET, secret)?;
+            Some(TlsMode::Terminate {
+                secret: ObjectKey::new(&key.namespace, secret),
+            })
+        }
+        (Some("terminate"), None) => {
+            return Err(format!(
+                "annotation {ANNOTATION_TLS}: terminate needs {ANNOTATION_TLS_SECRET} (a kubernetes.io/tls Secret)"
+            ))
+        }
+        (Some(other), _) => {
+            return Err(format!(
+                "annotation {ANNOTATION_TLS}: {other:?} is not passthrough or terminate"
+            ))
+        }
+    };
+    if tls.is_some() && hosts.is_empty() {
+        return Err(format!(
+            "annotation {ANNOTATION_TLS} needs {ANNOTATION_HOSTS}: TLS on a shared port is routed by SNI"
+        ));
+    }
+    if !hosts.is_empty() {
+        // Every port joins the shared listener of its listener port: by SNI with TLS, by
+        // Host without.
+        for port in &ports {
+            match (port.kind, &tls) {
+                (PortKind::Udp, _) => {
+                    return Err(format!(
+                        "port {}: UDP cannot be routed by host ({ANNOTATION_HOSTS})",
+                        port.port
+                    ))
+                }
+                (PortKind::Tcp, None) => {
+                    return Err(format!(
+                        "port {}: {ANNOTATION_HOSTS} routes HTTP by Host; give the port appProtocol http (or h2c, grpc), or set {ANNOTATION_TLS}",
+                        port.port
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
     Ok(Service {
         key: key.clone(),
         ports,
@@ -156,7 +220,46 @@ fn convert_service(object: &K8sService, key: &ServiceKey) -> Result<Service, Str
         failover,
         proxy_protocol,
         ingress,
+        hosts,
+        tls,
     })
+}
+
+/// `"shop.example.com, *.shop.example.com"`: names to route by (lowercase DNS names, or
+/// `*.` and a DNS name), sorted, without duplicates.
+fn parse_hosts(value: &str) -> Result<Vec<String>, String> {
+    let mut hosts = Vec::new();
+    for host in value.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let host = host.to_ascii_lowercase();
+        let name = host.strip_prefix("*.").unwrap_or(&host);
+        check_subdomain(ANNOTATION_HOSTS, name).map_err(|_| {
+            format!("annotation {ANNOTATION_HOSTS}: {host:?} is not a host name or *.name")
+        })?;
+        if !name.contains('.') && host.starts_with("*.") {
+            return Err(format!(
+                "annotation {ANNOTATION_HOSTS}: {host:?} would match a whole top-level domain"
+            ));
+        }
+        hosts.push(host);
+    }
+    if hosts.is_empty() {
+        return Err(format!("annotation {ANNOTATION_HOSTS} names no host"));
+    }
+    hosts.sort();
+    hosts.dedup();
+    Ok(hosts)
+}
+
+/// A DNS subdomain (RFC 1123): dot-separated labels, at most 253 characters.
+fn check_subdomain(what: &str, name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| check_name(what, label).is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{what}: {name:?} is not a DNS name"))
+    }
 }
 
 /// `"80=8080,443=8443"`: Service port -> ingress listener port.
@@ -283,6 +386,54 @@ pub fn config_primary_family(object: &ConfigMap) -> Result<Option<Family>, Skipp
         })
 }
 
+/// A `kubernetes.io/tls` Secret's certificate and key, checked: both parse as PEM and
+/// the key is the certificate's.
+pub fn tls_secret(object: &K8sSecret) -> Result<TlsSecret, Skipped> {
+    let key = key_of(&object.metadata);
+    convert_secret(object).map_err(|reason| Skipped::new(ObjectKind::Secret, &key, reason))
+}
+
+fn convert_secret(object: &K8sSecret) -> Result<TlsSecret, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let field = |name: &str| -> Result<String, String> {
+        let bytes = object
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(name).map(|s| s.as_bytes().to_vec()))
+            .or_else(|| {
+                object
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(name).map(|b| b.0.clone()))
+            })
+            .ok_or_else(|| format!("has no {name}"))?;
+        String::from_utf8(bytes).map_err(|_| format!("{name} is not PEM text"))
+    };
+    if let Some(ty) = object.type_.as_deref() {
+        if ty != "kubernetes.io/tls" && ty != "Opaque" {
+            return Err(format!("type {ty} is not kubernetes.io/tls"));
+        }
+    }
+    let certificate_chain = field("tls.crt")?;
+    let private_key = field("tls.key")?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(certificate_chain.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("tls.crt: {e}"))?;
+    if certs.is_empty() {
+        return Err("tls.crt holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(private_key.as_bytes())
+        .map_err(|e| format!("tls.key: {e}"))?;
+    rustls::sign::CertifiedKey::from_der(certs, key, &rustls::crypto::ring::default_provider())
+        .map_err(|e| format!("tls.key does not go with tls.crt: {e}"))?;
+    Ok(TlsSecret {
+        certificate_chain,
+        private_key,
+    })
+}
+
 /// A kind of Kubernetes object the product reads, and the model change it makes.
 pub trait Convert {
     const KIND: ObjectKind;
@@ -324,12 +475,23 @@ impl Convert for ConfigMap {
     }
 }
 
+impl Convert for K8sSecret {
+    const KIND: ObjectKind = ObjectKind::Secret;
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn change(&self) -> ModelChange {
+        ModelChange::Secret(self.key(), tls_secret(self))
+    }
+}
+
 /// The objects a manifest source selects, by identity.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Objects {
     pub services: BTreeMap<ObjectKey, K8sService>,
     pub slices: BTreeMap<ObjectKey, EndpointSlice>,
     pub config_map: Option<ConfigMap>,
+    pub secrets: BTreeMap<ObjectKey, K8sSecret>,
 }
 
 impl Objects {
@@ -339,6 +501,7 @@ impl Objects {
         let mut changes = Vec::new();
         diff(&self.services, &newer.services, &mut changes);
         diff(&self.slices, &newer.slices, &mut changes);
+        diff(&self.secrets, &newer.secrets, &mut changes);
         if self.config_map != newer.config_map {
             changes.push(match &newer.config_map {
                 Some(config_map) => config_map.change(),

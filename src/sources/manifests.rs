@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
 
@@ -124,6 +124,7 @@ pub struct FileObjects {
     pub services: Vec<Service>,
     pub slices: Vec<EndpointSlice>,
     pub config_maps: Vec<ConfigMap>,
+    pub secrets: Vec<Secret>,
 }
 
 /// Files this source reads: YAML and JSON, not hidden (editors' temporary files).
@@ -181,7 +182,14 @@ fn add_object(value: serde_yaml_ng::Value, objects: &mut FileObjects) -> Result<
         ("v1", "ConfigMap") => objects.config_maps.push(
             serde_yaml_ng::from_value(value).map_err(|e| format!("{}: {e}", typed("invalid")))?,
         ),
-        (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") | (_, "ConfigMapList") => {
+        ("v1", "Secret") => objects.secrets.push(
+            serde_yaml_ng::from_value(value).map_err(|e| format!("{}: {e}", typed("invalid")))?,
+        ),
+        (_, "List")
+        | (_, "ServiceList")
+        | (_, "EndpointSliceList")
+        | (_, "ConfigMapList")
+        | (_, "SecretList") => {
             let items = value
                 .get("items")
                 .and_then(|i| i.as_sequence())
@@ -235,6 +243,11 @@ pub fn select<'a>(files: impl IntoIterator<Item = &'a FileObjects>, filter: &Fil
         for c in &file.config_maps {
             if key(&c.metadata) == filter.config_map {
                 objects.config_map = Some(c.clone());
+            }
+        }
+        for s in &file.secrets {
+            if filter.namespace_ok(s.metadata.namespace.as_deref()) {
+                objects.secrets.insert(key(&s.metadata), s.clone());
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Envoy resources for one Service port. Pure functions of the model.
+//! Envoy resources for one Service port, and the pieces of the listeners Services share.
+//! Pure functions of the model.
 //!
 //! Determinism matters: versions are hashes of the encoded bytes, and prost encodes map
 //! fields in hash order, so no resource here carries a map with more than one entry.
@@ -9,17 +10,20 @@ use envoy_types::pb::envoy::config::core::v3::{
     ConfigSource, HealthStatus, Http2ProtocolOptions, ProxyProtocolConfig, SocketAddress,
     TransportSocket, UdpSocketConfig,
 };
+use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, Endpoint as EnvoyEndpoint, LbEndpoint,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
-    filter, listener_filter, Filter, FilterChain, Listener, ListenerFilter, UdpListenerConfig,
+    filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    UdpListenerConfig,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
-    VirtualHost,
+    route, route_action, route_match, DirectResponseAction, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
@@ -29,6 +33,9 @@ use envoy_types::pb::envoy::extensions::filters::udp::udp_proxy::v3::{
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::proxy_protocol::v3::ProxyProtocolUpstreamTransport;
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    secret, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate,
+};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
@@ -37,7 +44,9 @@ use envoy_types::pb::xds::core::v3::TypedExtensionConfig;
 use envoy_types::pb::xds::r#type::matcher::v3::{matcher, Matcher};
 use prost::{Message, Name};
 
-use crate::model::{Endpoint, EndpointState, Family, PortKind, ProxyProtocol, ServicePort};
+use crate::model::{
+    Endpoint, EndpointState, Family, PortKind, ProxyProtocol, ServicePort, TlsSecret,
+};
 
 /// A message packed into `google.protobuf.Any`.
 pub fn any<M: Message + Name>(message: &M) -> Any {
@@ -219,14 +228,10 @@ pub fn listener(
     cluster: &str,
     route: &str,
 ) -> Listener {
-    let bind = match family {
-        Family::IPv4 => "0.0.0.0",
-        Family::IPv6 => "::",
-    };
     let udp = port.kind == PortKind::Udp;
     let mut listener = Listener {
         name: name.to_owned(),
-        address: Some(socket(bind, port.listener_port, udp)),
+        address: Some(any_address(family, port.listener_port, udp)),
         ..Default::default()
     };
     match port.kind {
@@ -267,22 +272,9 @@ pub fn listener(
             listener.filter_chains = vec![chain("envoy.filters.network.tcp_proxy", any(&proxy))];
         }
         PortKind::Http | PortKind::H2c | PortKind::Grpc => {
-            let hcm = HttpConnectionManager {
-                stat_prefix: name.to_owned(),
-                codec_type: http_connection_manager::CodecType::Auto as i32,
-                route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
-                    config_source: Some(ads()),
-                    route_config_name: route.to_owned(),
-                })),
-                http_filters: vec![router_filter()],
-                // The connection's peer is the real client: it is appended to
-                // X-Forwarded-For for the backend.
-                use_remote_address: Some(BoolValue { value: true }),
-                ..Default::default()
-            };
             listener.filter_chains = vec![chain(
                 "envoy.filters.network.http_connection_manager",
-                any(&hcm),
+                any(&http_connection_manager(name, route)),
             )];
         }
     }
@@ -314,26 +306,221 @@ pub fn router_filter() -> HttpFilter {
 pub fn route_configuration(name: &str, cluster: &str, kind: PortKind) -> RouteConfiguration {
     RouteConfiguration {
         name: name.to_owned(),
-        virtual_hosts: vec![VirtualHost {
-            name: name.to_owned(),
-            domains: vec!["*".into()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+        virtual_hosts: vec![virtual_host(name, vec!["*".into()], cluster, kind)],
+        ..Default::default()
+    }
+}
+
+/// The RouteConfiguration behind a terminating filter chain: the Service's hosts go to
+/// its cluster; any other host gets 421 Misdirected Request. An HTTP/2 client may reuse
+/// a connection for another name its certificate covers (connection coalescing, RFC 9113
+/// 9.1.1); the SNI picked this chain, so such a request would otherwise reach the wrong
+/// Service. 421 makes the client retry on a connection of its own.
+pub fn terminated_route_configuration(
+    name: &str,
+    hosts: &[String],
+    cluster: &str,
+    kind: PortKind,
+) -> RouteConfiguration {
+    RouteConfiguration {
+        name: name.to_owned(),
+        virtual_hosts: vec![
+            virtual_host(name, hosts.to_vec(), cluster, kind),
+            VirtualHost {
+                name: "misdirected".into(),
+                domains: vec!["*".into()],
+                routes: vec![Route {
+                    r#match: Some(RouteMatch {
+                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                        ..Default::default()
+                    }),
+                    action: Some(route::Action::DirectResponse(DirectResponseAction {
+                        status: 421,
+                        ..Default::default()
+                    })),
                     ..Default::default()
-                }),
-                action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        cluster.to_owned(),
-                    )),
-                    // gRPC and h2c streams are long-lived: no whole-request timeout.
-                    timeout: matches!(kind, PortKind::Grpc | PortKind::H2c).then(|| seconds(0)),
-                    ..Default::default()
-                })),
+                }],
                 ..Default::default()
-            }],
+            },
+        ],
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    }
+}
+
+/// The RouteConfiguration of a port shared by Host, without its virtual hosts (one per
+/// Service, appended encoded between the two parts). The port in a Host header is
+/// ignored: behind a LoadBalancer, `shop.example.com:443` is `shop.example.com`.
+pub fn shared_route_parts(name: &str) -> (RouteConfiguration, RouteConfiguration) {
+    let head = RouteConfiguration {
+        name: name.to_owned(),
+        ..Default::default()
+    };
+    let tail = RouteConfiguration {
+        ignore_port_in_host_matching: true,
+        ..Default::default()
+    };
+    (head, tail)
+}
+
+/// A virtual host sending every request for `domains` to `cluster`.
+pub fn virtual_host(
+    name: &str,
+    domains: Vec<String>,
+    cluster: &str,
+    kind: PortKind,
+) -> VirtualHost {
+    VirtualHost {
+        name: name.to_owned(),
+        domains,
+        routes: vec![Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                    cluster.to_owned(),
+                )),
+                // gRPC and h2c streams are long-lived: no whole-request timeout.
+                timeout: matches!(kind, PortKind::Grpc | PortKind::H2c).then(|| seconds(0)),
+                ..Default::default()
+            })),
             ..Default::default()
         }],
         ..Default::default()
+    }
+}
+
+/// The address a listener binds on a family.
+fn any_address(family: Family, port: u16, udp: bool) -> Address {
+    let bind = match family {
+        Family::IPv4 => "0.0.0.0",
+        Family::IPv6 => "::",
+    };
+    socket(bind, port, udp)
+}
+
+/// An HTTP connection manager taking its routes from `route` over RDS; the connection's
+/// peer is the real client, appended to X-Forwarded-For (and on TLS, X-Forwarded-Proto
+/// says https).
+fn http_connection_manager(stat_prefix: &str, route: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
+        stat_prefix: stat_prefix.to_owned(),
+        codec_type: http_connection_manager::CodecType::Auto as i32,
+        route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route.to_owned(),
+        })),
+        http_filters: vec![router_filter()],
+        use_remote_address: Some(BoolValue { value: true }),
+        ..Default::default()
+    }
+}
+
+/// The listener of a port shared by Host: one HTTP connection manager whose routes
+/// (`route`) have a virtual host per Service.
+pub fn shared_http_listener(name: &str, family: Family, port: u16, route: &str) -> Listener {
+    Listener {
+        name: name.to_owned(),
+        address: Some(any_address(family, port, false)),
+        filter_chains: vec![chain(
+            "envoy.filters.network.http_connection_manager",
+            any(&http_connection_manager(name, route)),
+        )],
+        ..Default::default()
+    }
+}
+
+/// The listener of a port shared by SNI, without its filter chains (one per Service,
+/// [`passthrough_chain`] and [`terminating_chain`], appended encoded): the TLS inspector
+/// reads the SNI; a connection whose SNI no chain names is closed.
+pub fn sni_listener_parts(name: &str, family: Family, port: u16) -> (Listener, Listener) {
+    let head = Listener {
+        name: name.to_owned(),
+        address: Some(any_address(family, port, false)),
+        ..Default::default()
+    };
+    let tail = Listener {
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.tls_inspector".into(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                &TlsInspector::default(),
+            ))),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    (head, tail)
+}
+
+/// A filter chain for `server_names` proxying the TLS connection as it is to `cluster`.
+pub fn passthrough_chain(
+    stat_prefix: &str,
+    server_names: Vec<String>,
+    cluster: &str,
+) -> FilterChain {
+    let proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_owned())),
+        ..Default::default()
+    };
+    FilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            server_names,
+            ..Default::default()
+        }),
+        ..chain("envoy.filters.network.tcp_proxy", any(&proxy))
+    }
+}
+
+/// A filter chain for `server_names` terminating TLS with the certificate of SDS secret
+/// `secret` (over ADS), HTTP/2 or HTTP/1.1 by ALPN, routing by `route`.
+pub fn terminating_chain(
+    stat_prefix: &str,
+    server_names: Vec<String>,
+    secret: &str,
+    route: &str,
+) -> FilterChain {
+    let tls = DownstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![SdsSecretConfig {
+                name: secret.to_owned(),
+                sds_config: Some(ads()),
+            }],
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    FilterChain {
+        filter_chain_match: Some(FilterChainMatch {
+            server_names,
+            ..Default::default()
+        }),
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(any(&tls))),
+        }),
+        ..chain(
+            "envoy.filters.network.http_connection_manager",
+            any(&http_connection_manager(stat_prefix, route)),
+        )
+    }
+}
+
+/// The SDS secret holding a certificate and its key.
+pub fn tls_secret(name: &str, secret: &TlsSecret) -> Secret {
+    let inline = |text: &str| DataSource {
+        specifier: Some(data_source::Specifier::InlineString(text.to_owned())),
+        ..Default::default()
+    };
+    Secret {
+        name: name.to_owned(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: Some(inline(&secret.certificate_chain)),
+            private_key: Some(inline(&secret.private_key)),
+            ..Default::default()
+        })),
     }
 }

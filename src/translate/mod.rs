@@ -21,14 +21,16 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 
 use crate::model::{
-    Endpoints, Family, ListenerFamilies, Model, ObjectKind, PortKind, Service, ServiceKey,
-    ServicePort, Skipped,
+    Family, ListenerFamilies, Model, ObjectKey, ObjectKind, PortKind, Service, ServiceKey,
+    ServicePort, Skipped, TlsMode,
 };
 
 mod endpoints;
 pub mod proxyless;
+mod shared;
 use crate::snapshot::{InconsistentSnapshot, Resource, ResourceType, Snapshot, SnapshotSet};
 use endpoints::EndpointCache;
+use shared::{Assembled, SharedPiece, SharedPort, Sharing};
 
 pub use envoy::router_filter;
 
@@ -116,34 +118,59 @@ fn digest<T: Hash + ?Sized>(value: &T) -> u128 {
 
 /// A digest of everything a Service's resources depend on. Slices contribute their own
 /// digests, so a Service with many endpoints is compared in time proportional to its
-/// number of slices.
-fn input_digest(service: &Service, primary: Family, endpoints: &Endpoints) -> u128 {
+/// number of slices; a TLS Secret it terminates with contributes its content.
+fn input_digest(service: &Service, primary: Family, model: &Model) -> u128 {
     use std::hash::Hasher;
     let mut hasher = xxhash_rust::xxh3::Xxh3::default();
     service.hash(&mut hasher);
     primary.hash(&mut hasher);
-    for (name, slice) in &endpoints.slices {
+    for (name, slice) in &model.endpoints_of(&service.key).slices {
         name.hash(&mut hasher);
         hasher.write_u128(slice.digest());
+    }
+    if let Some(secret) = service.tls_secret() {
+        model.secrets.get(secret).hash(&mut hasher);
     }
     hasher.digest128()
 }
 
+/// How a Service port stands on its listener port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum PortRole<'a> {
+    /// It has the port to itself.
+    Owner,
+    /// It shares the port with other Services (by Host or SNI).
+    Member,
+    /// Another Service holds the port, in this way.
+    Lost(&'a ServiceKey, Sharing),
+}
+
 /// A digest of what clusters, listeners and routes depend on: the Service without its
 /// endpoint policy (primary family and failover, which only ClusterLoadAssignments
-/// depend on), and which listener ports it holds. Equal digests: those resources are
-/// reused as they are, however the primary family was flipped.
-fn structure_digest(service: &Service, owners: &[Option<&ServiceKey>]) -> u128 {
+/// depend on), and how it stands on its listener ports. Equal digests: those resources
+/// are reused as they are, however the primary family was flipped.
+fn structure_digest(service: &Service, roles: &[PortRole], secret_present: bool) -> u128 {
     // Destructured so that a new field has to be placed on one side or the other.
     let Service {
         key,
         ports,
         proxy_protocol,
         ingress,
+        hosts,
+        tls,
         primary_family: _,
         failover: _,
     } = service;
-    digest(&(key, ports, proxy_protocol, ingress, owners))
+    digest(&(
+        key,
+        ports,
+        proxy_protocol,
+        ingress,
+        hosts,
+        tls,
+        roles,
+        secret_present,
+    ))
 }
 
 /// What is remembered of a Service's input: enough to tell whether it changed, and the
@@ -151,20 +178,26 @@ fn structure_digest(service: &Service, owners: &[Option<&ServiceKey>]) -> u128 {
 #[derive(Clone, Debug)]
 struct Known {
     digest: u128,
-    claims: Vec<PortClaim>,
+    claims: Vec<(PortClaim, Sharing)>,
 }
 
 /// A Service's resources, encoded once and shared by every group.
 #[derive(Clone, Debug, Default)]
 struct Output {
     /// [`structure_digest`]: when it is unchanged, clusters, listeners and routes are
-    /// reused and only the endpoints are new.
+    /// reused and only the endpoints (and a TLS Secret's content) are new.
     structure: u128,
     clusters: Vec<Resource>,
     load_assignments: Vec<Resource>,
     /// (family, listener, name of the route it uses if any)
     listeners: Vec<(Family, Resource, Option<String>)>,
     routes: BTreeMap<String, Resource>,
+    /// Routes of its filter chains on SNI-shared ports (every Envoy group has them).
+    chain_routes: Vec<String>,
+    /// What it brings to shared listener ports.
+    shared: Vec<Arc<SharedPiece>>,
+    /// The SDS secrets of its terminated TLS: (name, resource).
+    secrets: Vec<(String, Resource)>,
     conflicts: Vec<Skipped>,
     /// For proxyless gRPC clients (ports with `appProtocol: grpc`): api_listeners,
     /// routes, clusters and endpoints with additional addresses.
@@ -172,9 +205,10 @@ struct Output {
 }
 
 impl Output {
-    /// This Service's resources in a group's snapshot: listeners on the group's families
-    /// and the routes they use, and, when the group edits them (the others share them),
-    /// clusters and endpoints; for proxyless clients, theirs.
+    /// This Service's own resources in a group's snapshot: listeners on the group's
+    /// families and the routes they use, and, when the group edits them (the others
+    /// share them), clusters and endpoints; for proxyless clients, theirs. (Shared
+    /// listeners and secrets are assembled across Services.)
     fn in_group(&self, group: Group, edits_clusters: bool) -> Vec<(ResourceType, &Resource)> {
         let families = match group {
             Group::Proxyless => return self.proxyless.resources().collect(),
@@ -196,6 +230,7 @@ impl Output {
         let routes: BTreeSet<&String> = listeners
             .clone()
             .filter_map(|(_, _, route)| route.as_ref())
+            .chain(&self.chain_routes)
             .collect();
         resources.extend(listeners.map(|(_, r, _)| (ResourceType::Listener, r)));
         resources.extend(
@@ -232,15 +267,25 @@ impl ProxylessOutput {
 /// A listener port on the ingress: TCP and UDP are separate sockets.
 type PortClaim = (u16, bool);
 
-/// The listener ports a Service wants (none when its ingress is off).
-fn port_claims(service: &Service) -> Vec<PortClaim> {
+/// How a Service's ports use their listener ports: by Host or SNI when it names hosts.
+fn sharing(service: &Service) -> Sharing {
+    match (service.hosts.is_empty(), &service.tls) {
+        (true, _) => Sharing::Exclusive,
+        (false, None) => Sharing::Hosts,
+        (false, Some(_)) => Sharing::Sni,
+    }
+}
+
+/// The listener ports a Service wants (none when its ingress is off), and how.
+fn port_claims(service: &Service) -> Vec<(PortClaim, Sharing)> {
     if !service.ingress {
         return Vec::new();
     }
+    let how = sharing(service);
     service
         .ports
         .iter()
-        .map(|p| (p.listener_port, p.kind == PortKind::Udp))
+        .map(|p| ((p.listener_port, p.kind == PortKind::Udp), how))
         .collect()
 }
 
@@ -269,13 +314,28 @@ impl Groups {
     }
 }
 
+/// A listener port shared in one way.
+type SharedKey = (u16, Sharing);
+
+/// The Services that terminate TLS with an SDS secret, and its resource.
+#[derive(Clone, Debug)]
+struct SecretUse {
+    resource: Resource,
+    users: BTreeSet<ServiceKey>,
+}
+
 /// What translation has committed.
 #[derive(Debug, Default)]
 struct State {
     known: BTreeMap<ServiceKey, Known>,
-    /// Which Services want each listener port; the first in key order gets it.
-    claims: BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
+    /// Which Services want each listener port, and how; the first in key order decides
+    /// how it is used (alone, or shared by Host or SNI).
+    claims: BTreeMap<PortClaim, BTreeMap<ServiceKey, Sharing>>,
     outputs: BTreeMap<ServiceKey, Arc<Output>>,
+    shared: BTreeMap<SharedKey, SharedPort>,
+    /// What each shared port put into the snapshots.
+    assembled: BTreeMap<SharedKey, Arc<Assembled>>,
+    secrets: BTreeMap<String, SecretUse>,
     groups: Groups,
 }
 
@@ -288,7 +348,7 @@ struct Plan {
     /// New records of Services whose input changed (`None`: gone).
     known: BTreeMap<ServiceKey, Option<Known>>,
     /// The new claimants of every listener port whose claimants change.
-    claims: BTreeMap<PortClaim, BTreeSet<ServiceKey>>,
+    claims: BTreeMap<PortClaim, BTreeMap<ServiceKey, Sharing>>,
 }
 
 impl Plan {
@@ -297,21 +357,36 @@ impl Plan {
         &'a self,
         state: &'a State,
         claim: &PortClaim,
-    ) -> Option<&'a BTreeSet<ServiceKey>> {
+    ) -> Option<&'a BTreeMap<ServiceKey, Sharing>> {
         self.claims.get(claim).or_else(|| state.claims.get(claim))
     }
 
-    fn owners_mut(&mut self, state: &State, claim: PortClaim) -> &mut BTreeSet<ServiceKey> {
+    fn owners_mut(
+        &mut self,
+        state: &State,
+        claim: PortClaim,
+    ) -> &mut BTreeMap<ServiceKey, Sharing> {
         self.claims
             .entry(claim)
             .or_insert_with(|| state.claims.get(&claim).cloned().unwrap_or_default())
     }
 }
 
+/// What assembling produced, to commit once it is built.
+#[derive(Debug, Default)]
+struct Assembly {
+    groups: Groups,
+    shared: BTreeMap<SharedKey, SharedPort>,
+    assembled: BTreeMap<SharedKey, Arc<Assembled>>,
+    secrets: BTreeMap<String, Option<SecretUse>>,
+}
+
 /// Incremental translator: keeps each Service's output and one snapshot per group.
 #[derive(Debug)]
 pub struct Translator {
     default_primary: Family,
+    /// Whether Services may terminate TLS (reading Secrets); when not, they are reported.
+    tls_termination: bool,
     state: State,
     /// Each Service's endpoints, encoded slice by slice (a cache of the model: it stays
     /// right whether or not an update is committed).
@@ -325,11 +400,19 @@ impl Translator {
     pub fn new(default_primary: Family) -> Self {
         Translator {
             default_primary,
+            tls_termination: true,
             state: State::default(),
             endpoint_caches: BTreeMap::new(),
             #[cfg(test)]
             fail_next_build: false,
         }
+    }
+
+    /// Turns TLS termination off (`--tls-termination=false`: the cluster refuses the
+    /// control plane access to Secrets): Services that ask for it are reported.
+    pub fn without_tls_termination(mut self) -> Self {
+        self.tls_termination = false;
+        self
     }
 
     /// Brings every group's snapshot up to date with `model`. `changed` names the Services
@@ -342,29 +425,37 @@ impl Translator {
     ) -> Result<SnapshotSet, InconsistentSnapshot> {
         let plan = self.state.plan(model, changed, self.default_primary);
         let outputs = self.apply(&plan, model);
-        let groups = self.state.assemble(&outputs)?;
+        let assembly = self.state.assemble(&outputs)?;
         #[cfg(test)]
         if std::mem::take(&mut self.fail_next_build) {
             return Err(InconsistentSnapshot {
                 problems: vec!["failed for a test".into()],
             });
         }
-        self.state.commit(plan, outputs, groups);
+        self.state.commit(plan, outputs, assembly);
         Ok(self.state.groups.to_set())
     }
 
-    /// Listener ports lost to another Service (they get no listener), with the reason.
+    /// Listener ports and hosts lost to another Service, and TLS that can't be
+    /// terminated, with the reason.
     pub fn conflicts(&self) -> Vec<Skipped> {
         self.state
             .outputs
             .values()
             .flat_map(|o| o.conflicts.iter().cloned())
+            .chain(
+                self.state
+                    .assembled
+                    .values()
+                    .flat_map(|a| a.conflicts.iter().cloned()),
+            )
             .collect()
     }
 
     /// Translates the Services of the plan: `None` for those that are gone.
     fn apply(&mut self, plan: &Plan, model: &Model) -> Vec<(ServiceKey, Option<Output>)> {
         let state = &self.state;
+        let tls_termination = self.tls_termination;
         plan.dirty
             .iter()
             .map(|key| {
@@ -372,14 +463,20 @@ impl Translator {
                     Some(service) => {
                         let cache = self.endpoint_caches.entry(key.clone()).or_default();
                         let primary = effective_primary(service, model, self.default_primary);
-                        let owners =
-                            |claim: &PortClaim| plan.owners(state, claim).and_then(|o| o.first());
+                        let owners = |claim: &PortClaim| {
+                            plan.owners(state, claim)
+                                .and_then(|o| o.iter().next())
+                                .map(|(k, how)| (k, *how))
+                        };
                         Some(translate(
+                            Inputs {
+                                key,
+                                service,
+                                model,
+                                primary,
+                                tls_termination,
+                            },
                             owners,
-                            key,
-                            service,
-                            model.endpoints_of(key),
-                            primary,
                             cache,
                             state.outputs.get(key).map(Arc::as_ref),
                         ))
@@ -417,8 +514,7 @@ impl State {
         for key in candidates {
             let current = model.services.get(&key).map(|service| {
                 let primary = effective_primary(service, model, default_primary);
-                let digest = input_digest(service, primary, model.endpoints_of(&key));
-                (service, digest)
+                (service, input_digest(service, primary, model))
             });
             let known = self.known.get(&key);
             if current.map(|(_, d)| d) == known.map(|k| k.digest) {
@@ -432,21 +528,21 @@ impl State {
             // Listener ports change hands only when claims change: other Services are
             // retranslated then, not when only endpoints move.
             if !same_claims {
-                for claim in known.iter().flat_map(|k| &k.claims) {
+                for (claim, _) in known.iter().flat_map(|k| &k.claims) {
                     let owners = plan.owners_mut(self, *claim);
                     owners.remove(&key);
-                    let others: Vec<ServiceKey> = owners.iter().cloned().collect();
+                    let others: Vec<ServiceKey> = owners.keys().cloned().collect();
                     plan.dirty.extend(others);
                 }
             }
             let record = match (current, claims) {
                 (Some((_, digest)), Some(claims)) => {
                     if !same_claims {
-                        for claim in &claims {
+                        for (claim, how) in &claims {
                             // Whoever held the port may lose it: retranslate every claimant.
                             let owners = plan.owners_mut(self, *claim);
-                            let others: Vec<ServiceKey> = owners.iter().cloned().collect();
-                            owners.insert(key.clone());
+                            let others: Vec<ServiceKey> = owners.keys().cloned().collect();
+                            owners.insert(key.clone(), *how);
                             plan.dirty.extend(others);
                         }
                     }
@@ -460,17 +556,40 @@ impl State {
         plan
     }
 
-    /// Puts the new outputs into every group's snapshot and builds them.
+    /// Puts the new outputs into every group's snapshot, assembles the shared ports and
+    /// secrets they touch, and builds the snapshots.
     fn assemble(
         &self,
         outputs: &[(ServiceKey, Option<Output>)],
-    ) -> Result<Groups, InconsistentSnapshot> {
+    ) -> Result<Assembly, InconsistentSnapshot> {
         let mut dual = self.groups.dual.edit();
         let mut ipv4 = self.groups.ipv4.edit();
         let mut ipv6 = self.groups.ipv6.edit();
         let mut proxyless = self.groups.proxyless.edit();
+        let mut shared: BTreeMap<SharedKey, SharedPort> = BTreeMap::new();
+        let mut secrets: BTreeMap<String, Option<SecretUse>> = BTreeMap::new();
         for (key, new) in outputs {
             let old = self.outputs.get(key).map(Arc::as_ref);
+            // Secrets: who uses them changes here, resources below.
+            for (name, _) in old.iter().flat_map(|o| &o.secrets) {
+                let entry = secrets
+                    .entry(name.clone())
+                    .or_insert_with(|| self.secrets.get(name).cloned());
+                if let Some(secret) = entry {
+                    secret.users.remove(key);
+                }
+            }
+            for (name, resource) in new.iter().flat_map(|o| &o.secrets) {
+                let entry = secrets
+                    .entry(name.clone())
+                    .or_insert_with(|| self.secrets.get(name).cloned());
+                let secret = entry.get_or_insert_with(|| SecretUse {
+                    resource: resource.clone(),
+                    users: BTreeSet::new(),
+                });
+                secret.resource = resource.clone();
+                secret.users.insert(key.clone());
+            }
             let only_endpoints =
                 matches!((old, new), (Some(old), Some(new)) if old.structure == new.structure);
             if only_endpoints {
@@ -483,6 +602,22 @@ impl State {
                 }
                 continue;
             }
+            // Shared ports: memberships change here, resources below.
+            for piece in old.iter().flat_map(|o| &o.shared) {
+                let port = (piece.listener_port, piece.sharing);
+                shared
+                    .entry(port)
+                    .or_insert_with(|| self.shared.get(&port).cloned().unwrap_or_default())
+                    .remove(key);
+            }
+            for piece in new.iter().flat_map(|o| &o.shared) {
+                let port = (piece.listener_port, piece.sharing);
+                shared
+                    .entry(port)
+                    .or_insert_with(|| self.shared.get(&port).cloned().unwrap_or_default())
+                    .insert(key.clone(), piece.clone());
+            }
+
             for (builder, group, edits_clusters) in [
                 (&mut dual, Group::Envoy(ListenerFamilies::BOTH), true),
                 (&mut ipv4, Group::Envoy(ListenerFamilies::IPV4), false),
@@ -500,21 +635,75 @@ impl State {
                 }
             }
         }
+        let envoy_groups = [
+            (ListenerFamilies::BOTH, &mut dual),
+            (ListenerFamilies::IPV4, &mut ipv4),
+            (ListenerFamilies::IPV6, &mut ipv6),
+        ];
+        let mut assembled = BTreeMap::new();
+        let mut envoy_groups = envoy_groups;
+        for ((port, how), members) in shared.iter_mut() {
+            let new = Arc::new(members.assemble(*port, *how));
+            for (families, builder) in envoy_groups.iter_mut() {
+                // What is gone goes; what is new or changed is put (unchanged: kept).
+                let kept: BTreeSet<&Arc<str>> = shared::group_listeners(&new, *families)
+                    .map(Resource::name)
+                    .chain(new.route.as_ref().map(Resource::name))
+                    .collect();
+                if let Some(old) = self.assembled.get(&(*port, *how)) {
+                    for r in shared::group_listeners(old, *families) {
+                        if !kept.contains(r.name()) {
+                            builder.remove(ResourceType::Listener, r.name());
+                        }
+                    }
+                    if let Some(route) = old.route.as_ref().filter(|r| !kept.contains(r.name())) {
+                        builder.remove(ResourceType::Route, route.name());
+                    }
+                }
+                for r in shared::group_listeners(&new, *families) {
+                    builder.upsert_resource(ResourceType::Listener, r.clone());
+                }
+                if let Some(route) = &new.route {
+                    builder.upsert_resource(ResourceType::Route, route.clone());
+                }
+            }
+            assembled.insert((*port, *how), new);
+        }
+        for (name, secret) in &secrets {
+            for (_, builder) in envoy_groups.iter_mut() {
+                match secret.as_ref().filter(|s| !s.users.is_empty()) {
+                    Some(secret) => {
+                        builder.upsert_resource(ResourceType::Secret, secret.resource.clone())
+                    }
+                    None => builder.remove(ResourceType::Secret, name),
+                };
+            }
+        }
         let dual = dual.build()?;
         for single in [&mut ipv4, &mut ipv6] {
             single.share(&dual, ResourceType::Cluster);
             single.share(&dual, ResourceType::Endpoint);
         }
-        Ok(Groups {
-            ipv4: ipv4.build()?,
-            ipv6: ipv6.build()?,
-            proxyless: proxyless.build()?,
-            dual,
+        Ok(Assembly {
+            groups: Groups {
+                ipv4: ipv4.build()?,
+                ipv6: ipv6.build()?,
+                proxyless: proxyless.build()?,
+                dual,
+            },
+            shared,
+            assembled,
+            secrets,
         })
     }
 
-    /// Makes the plan, the outputs and the snapshots built from them the committed state.
-    fn commit(&mut self, plan: Plan, outputs: Vec<(ServiceKey, Option<Output>)>, groups: Groups) {
+    /// Makes the plan, the outputs and what was assembled from them the committed state.
+    fn commit(
+        &mut self,
+        plan: Plan,
+        outputs: Vec<(ServiceKey, Option<Output>)>,
+        assembly: Assembly,
+    ) {
         for (key, record) in plan.known {
             match record {
                 Some(record) => self.known.insert(key, record),
@@ -534,39 +723,107 @@ impl State {
                 None => self.outputs.remove(&key),
             };
         }
-        self.groups = groups;
+        for (port, members) in assembly.shared {
+            if members.is_empty() {
+                self.shared.remove(&port);
+                self.assembled.remove(&port);
+            } else {
+                self.shared.insert(port, members);
+            }
+        }
+        for (port, assembled) in assembly.assembled {
+            if self.shared.contains_key(&port) {
+                self.assembled.insert(port, assembled);
+            }
+        }
+        for (name, secret) in assembly.secrets {
+            match secret.filter(|s| !s.users.is_empty()) {
+                Some(secret) => self.secrets.insert(name, secret),
+                None => self.secrets.remove(&name),
+            };
+        }
+        self.groups = assembly.groups;
     }
+}
+
+/// What a Service is translated from.
+struct Inputs<'a> {
+    key: &'a ServiceKey,
+    service: &'a Service,
+    model: &'a Model,
+    primary: Family,
+    tls_termination: bool,
 }
 
 /// A Service's resources: clusters, listeners and routes are reused from `old` when what
 /// they depend on is unchanged; the ClusterLoadAssignments are assembled from the
 /// Service's encoded slices.
 fn translate<'a>(
-    owners: impl Fn(&PortClaim) -> Option<&'a ServiceKey>,
-    key: &ServiceKey,
-    service: &Service,
-    endpoints: &Endpoints,
-    primary: Family,
+    inputs: Inputs<'_>,
+    owners: impl Fn(&PortClaim) -> Option<(&'a ServiceKey, Sharing)>,
     cache: &mut EndpointCache,
     old: Option<&Output>,
 ) -> Output {
-    let owners: Vec<Option<&ServiceKey>> = service
+    let Inputs {
+        key,
+        service,
+        model,
+        primary,
+        tls_termination,
+    } = inputs;
+    let how = sharing(service);
+    let roles: Vec<PortRole> = service
         .ports
         .iter()
-        .map(|p| owners(&(p.listener_port, p.kind == PortKind::Udp)))
+        .map(
+            |p| match owners(&(p.listener_port, p.kind == PortKind::Udp)) {
+                Some((owner, _)) if owner == key => {
+                    if how == Sharing::Exclusive {
+                        PortRole::Owner
+                    } else {
+                        PortRole::Member
+                    }
+                }
+                Some((_, owner_how)) if owner_how == how && how != Sharing::Exclusive => {
+                    PortRole::Member
+                }
+                Some((owner, owner_how)) => PortRole::Lost(owner, owner_how),
+                // Ingress off: nothing claimed.
+                None => PortRole::Owner,
+            },
+        )
         .collect();
-    let structure = structure_digest(service, &owners);
+    let secret = service.tls_secret().and_then(|s| model.secrets.get(s));
+    let structure = structure_digest(service, &roles, secret.is_some());
     let mut output = match old {
-        Some(old) if old.structure == structure => {
-            let mut reused = Output {
+        Some(old) if old.structure == structure => Output {
+            load_assignments: Vec::new(),
+            secrets: Vec::new(),
+            proxyless: ProxylessOutput {
                 load_assignments: Vec::new(),
-                ..old.clone()
-            };
-            reused.proxyless.load_assignments.clear();
-            reused
-        }
-        _ => translate_service(key, service, &owners, structure),
+                ..old.proxyless.clone()
+            },
+            ..old.clone()
+        },
+        _ => translate_service(
+            key,
+            service,
+            &roles,
+            secret.is_some(),
+            tls_termination,
+            structure,
+        ),
     };
+    if let (Some(name), Some(secret)) = (service.tls_secret(), secret) {
+        if tls_termination && !output.shared.is_empty() {
+            let name = secret_name(name);
+            output.secrets.push((
+                name.clone(),
+                Resource::new(&envoy::tls_secret(&name, secret)),
+            ));
+        }
+    }
+    let endpoints = model.endpoints_of(key);
     for port in service.ports.iter().filter(|p| p.kind == PortKind::Grpc) {
         output
             .proxyless
@@ -592,18 +849,26 @@ fn translate<'a>(
     output
 }
 
+/// The SDS name of a Secret's certificate: `NAMESPACE/NAME`.
+pub fn secret_name(secret: &ObjectKey) -> String {
+    format!("{}/{}", secret.namespace, secret.name)
+}
+
 /// Clusters, listeners and routes: everything but the endpoints.
 fn translate_service(
     key: &ServiceKey,
     service: &Service,
-    owners: &[Option<&ServiceKey>],
+    roles: &[PortRole],
+    secret_present: bool,
+    tls_termination: bool,
     structure: u128,
 ) -> Output {
     let mut output = Output {
         structure,
         ..Default::default()
     };
-    for (port, owner) in service.ports.iter().zip(owners) {
+    let how = sharing(service);
+    for (port, role) in service.ports.iter().zip(roles) {
         let name = cluster_name(key, port);
         output.clusters.push(Resource::new(&envoy::cluster(
             &name,
@@ -624,25 +889,78 @@ fn translate_service(
             for target in proxyless::listener_names(key, port) {
                 output.proxyless.listeners.push(Resource::with_references(
                     &proxyless::listener(&target, &name),
-                    vec![name.clone()],
+                    vec![(ResourceType::Route, name.clone())],
                 ));
             }
         }
         if !service.ingress {
             continue;
         }
-        if *owner != Some(key) {
-            output.conflicts.push(Skipped::new(
-                ObjectKind::Service,
-                key,
-                format!(
-                    "listener port {} is already used by Service {}: no ingress listener for port {}",
-                    port.listener_port,
-                    owner.map(ToString::to_string).unwrap_or_default(),
-                    port.port
-                ),
-            ));
-            continue;
+        let report = |reason: String| Skipped::new(ObjectKind::Service, key, reason);
+        match (role, how) {
+            (PortRole::Lost(owner, owner_how), _) => {
+                let reason = match (owner_how, how) {
+                    (Sharing::Exclusive, _) | (_, Sharing::Exclusive) => format!(
+                        "listener port {} is already used by Service {owner}: no ingress listener for port {}",
+                        port.listener_port, port.port
+                    ),
+                    _ => format!(
+                        "listener port {} is shared by {} (first: Service {owner}), not by {}: no ingress listener for port {}",
+                        port.listener_port,
+                        sharing_name(*owner_how),
+                        sharing_name(how),
+                        port.port
+                    ),
+                };
+                output.conflicts.push(report(reason));
+                continue;
+            }
+            (_, Sharing::Exclusive) => {}
+            (_, shared_how) => {
+                let terminate = match &service.tls {
+                    Some(TlsMode::Terminate { secret }) => {
+                        if !tls_termination {
+                            output.conflicts.push(report(format!(
+                                "TLS termination is turned off (--tls-termination=false): no listener for port {}",
+                                port.port
+                            )));
+                            continue;
+                        }
+                        if !secret_present {
+                            output.conflicts.push(report(format!(
+                                "tls-secret {secret}: no valid kubernetes.io/tls Secret of that name: its hosts are not served on port {}",
+                                port.port
+                            )));
+                            continue;
+                        }
+                        // The chain routes HTTP by the Service's own route table.
+                        output.routes.insert(
+                            name.clone(),
+                            Resource::new(&envoy::terminated_route_configuration(
+                                &name,
+                                &service.hosts,
+                                &name,
+                                port.kind,
+                            )),
+                        );
+                        output.chain_routes.push(name.clone());
+                        Some(shared::Terminate {
+                            secret: secret_name(secret),
+                            route: name.clone(),
+                        })
+                    }
+                    _ => None,
+                };
+                output.shared.push(Arc::new(SharedPiece {
+                    listener_port: port.listener_port,
+                    sharing: shared_how,
+                    hosts: service.hosts.clone(),
+                    cluster: name.clone(),
+                    kind: port.kind,
+                    terminate,
+                }));
+                continue;
+            }
         }
         let route = port.kind.is_http().then(|| name.clone());
         if let Some(route) = &route {
@@ -659,7 +977,10 @@ fn translate_service(
                 &name,
                 route.as_deref().unwrap_or_default(),
             );
-            let references = route.iter().cloned().collect();
+            let references = route
+                .iter()
+                .map(|r| (ResourceType::Route, r.clone()))
+                .collect();
             output.listeners.push((
                 family,
                 Resource::with_references(&listener, references),
@@ -668,6 +989,14 @@ fn translate_service(
         }
     }
     output
+}
+
+fn sharing_name(how: Sharing) -> &'static str {
+    match how {
+        Sharing::Exclusive => "one Service",
+        Sharing::Hosts => "HTTP Host",
+        Sharing::Sni => "TLS SNI",
+    }
 }
 
 #[cfg(test)]

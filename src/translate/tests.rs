@@ -7,9 +7,10 @@ use prost::Message;
 use super::*;
 use std::sync::Arc;
 
-use crate::model::{Endpoint, EndpointState, ProxyProtocol, Slice};
+use crate::model::{Endpoint, EndpointState, Endpoints, ProxyProtocol, Slice};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
 fn key(name: &str) -> ServiceKey {
     ServiceKey::new("default", name)
@@ -520,4 +521,290 @@ fn a_failed_build_commits_nothing_and_the_change_is_retried() {
             .collect::<Vec<_>>(),
         ["default/db:5432:ipv6", "default/web:80:ipv6"]
     );
+}
+
+fn with_hosts(name: &str, listener_port: u16, kind: PortKind, hosts: &[&str]) -> Service {
+    let mut s = service(name, 80, kind);
+    s.ports[0].listener_port = listener_port;
+    s.hosts = hosts.iter().map(|h| h.to_string()).collect();
+    s
+}
+
+fn names(snapshot: &Snapshot, ty: ResourceType) -> Vec<String> {
+    snapshot
+        .resources(ty)
+        .iter()
+        .map(|r| r.name().to_string())
+        .collect()
+}
+
+fn test_secret(host: &str) -> crate::model::TlsSecret {
+    let issued = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    crate::model::TlsSecret {
+        certificate_chain: issued.cert.pem(),
+        private_key: issued.signing_key.serialize_pem(),
+    }
+}
+
+#[test]
+fn services_naming_hosts_share_one_listener_and_one_route_table_per_port() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut m = model(vec![
+        with_hosts("shop", 8080, PortKind::Http, &["shop.example.com"]),
+        with_hosts(
+            "blog",
+            8080,
+            PortKind::Http,
+            &["blog.example.com", "*.blog.example.com"],
+        ),
+        with_hosts("api", 8080, PortKind::Grpc, &["api.example.com"]),
+        // Wants shop's host too: loses it, keeps its own.
+        with_hosts(
+            "zz-copy",
+            8080,
+            PortKind::Http,
+            &["shop.example.com", "copy.example.com"],
+        ),
+    ]);
+    let set = t.update(&m, None).unwrap();
+    let g = group(&set, "IPv4,IPv6");
+    assert_eq!(
+        names(g, ResourceType::Listener),
+        ["shared-http:8080:ipv4", "shared-http:8080:ipv6"]
+    );
+    assert_eq!(
+        names(group(&set, "IPv6"), ResourceType::Listener),
+        ["shared-http:8080:ipv6"]
+    );
+    let route = RouteConfiguration::decode(
+        &*g.resources(ResourceType::Route)
+            .get("shared-http:8080")
+            .unwrap()
+            .to_any()
+            .value,
+    )
+    .unwrap();
+    let vhosts: Vec<(String, Vec<String>)> = route
+        .virtual_hosts
+        .iter()
+        .map(|v| (v.name.clone(), v.domains.clone()))
+        .collect();
+    assert_eq!(
+        vhosts,
+        [
+            (
+                "default/api:80".to_string(),
+                vec!["api.example.com".to_string()]
+            ),
+            (
+                "default/blog:80".to_string(),
+                vec![
+                    "blog.example.com".to_string(),
+                    "*.blog.example.com".to_string()
+                ]
+            ),
+            (
+                "default/shop:80".to_string(),
+                vec!["shop.example.com".to_string()]
+            ),
+            (
+                "default/zz-copy:80".to_string(),
+                vec!["copy.example.com".to_string()]
+            ),
+        ]
+    );
+    let conflicts = t.conflicts();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert!(
+        conflicts[0].reason.contains("shop.example.com"),
+        "{conflicts:?}"
+    );
+    assert_eq!(conflicts[0].key.name, "zz-copy");
+
+    // shop goes away: the copy gets the host, the listener stays as it is.
+    let listener = g
+        .resources(ResourceType::Listener)
+        .get("shared-http:8080:ipv4")
+        .unwrap()
+        .clone();
+    m.services.remove(&key("shop"));
+    let set = t.update(&m, Some(&[key("shop")].into())).unwrap();
+    let g = group(&set, "IPv4,IPv6");
+    assert_eq!(
+        g.resources(ResourceType::Listener)
+            .get("shared-http:8080:ipv4"),
+        Some(&listener)
+    );
+    let route = RouteConfiguration::decode(
+        &*g.resources(ResourceType::Route)
+            .get("shared-http:8080")
+            .unwrap()
+            .to_any()
+            .value,
+    )
+    .unwrap();
+    assert!(route
+        .virtual_hosts
+        .iter()
+        .any(|v| v.name == "default/zz-copy:80"
+            && v.domains.contains(&"shop.example.com".to_string())));
+    assert!(t.conflicts().is_empty());
+}
+
+#[test]
+fn sni_passthrough_and_termination_share_one_listener_with_secrets_over_sds() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut pass = with_hosts("pass", 8443, PortKind::Tcp, &["pass.example.com"]);
+    pass.tls = Some(TlsMode::Passthrough);
+    let mut term = with_hosts("term", 8443, PortKind::Http, &["term.example.com"]);
+    let secret_key = ObjectKey::new("default", "term-tls");
+    term.tls = Some(TlsMode::Terminate {
+        secret: secret_key.clone(),
+    });
+    let mut orphan = with_hosts("orphan", 8443, PortKind::Http, &["orphan.example.com"]);
+    orphan.tls = Some(TlsMode::Terminate {
+        secret: ObjectKey::new("default", "missing"),
+    });
+    let mut m = model(vec![pass, term, orphan]);
+    m.secrets.insert(
+        secret_key.clone(),
+        Arc::new(test_secret("term.example.com")),
+    );
+    let set = t.update(&m, None).unwrap();
+    for families in ["IPv4,IPv6", "IPv4", "IPv6"] {
+        let g = group(&set, families);
+        assert_eq!(
+            names(g, ResourceType::Secret),
+            ["default/term-tls"],
+            "{families}"
+        );
+        assert!(names(g, ResourceType::Route).contains(&"default/term:80".to_string()));
+    }
+    assert!(group(&set, PROXYLESS_GROUP)
+        .resources(ResourceType::Secret)
+        .is_empty());
+    let g = group(&set, "IPv4,IPv6");
+    // The terminated Service's hosts go to it; any other Host on its connection is
+    // misdirected (421), never routed to it.
+    let route = RouteConfiguration::decode(
+        &*g.resources(ResourceType::Route)
+            .get("default/term:80")
+            .unwrap()
+            .to_any()
+            .value,
+    )
+    .unwrap();
+    let vhosts: Vec<(&[String], bool)> = route
+        .virtual_hosts
+        .iter()
+        .map(|v| {
+            let direct = matches!(
+                &v.routes[0].action,
+                Some(envoy_types::pb::envoy::config::route::v3::route::Action::DirectResponse(d)) if d.status == 421
+            );
+            (v.domains.as_slice(), direct)
+        })
+        .collect();
+    assert_eq!(
+        vhosts,
+        [
+            (&["term.example.com".to_string()][..], false),
+            (&["*".to_string()][..], true)
+        ]
+    );
+    let listener = Listener::decode(
+        &*g.resources(ResourceType::Listener)
+            .get("shared-tls:8443:ipv4")
+            .unwrap()
+            .to_any()
+            .value,
+    )
+    .unwrap();
+    assert_eq!(
+        listener.listener_filters[0].name,
+        "envoy.filters.listener.tls_inspector"
+    );
+    let chains: Vec<(Vec<String>, bool)> = listener
+        .filter_chains
+        .iter()
+        .map(|c| {
+            (
+                c.filter_chain_match.clone().unwrap().server_names,
+                c.transport_socket.is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            (vec!["pass.example.com".to_string()], false),
+            (vec!["term.example.com".to_string()], true),
+        ],
+        "the orphan's host is not served"
+    );
+    assert!(t
+        .conflicts()
+        .iter()
+        .any(|c| c.key.name == "orphan" && c.reason.contains("missing")));
+
+    // A rotated Secret: an SDS push, nothing else.
+    let before = encodings(&set);
+    let secret_before = g.resources(ResourceType::Secret).version();
+    m.secrets
+        .insert(secret_key, Arc::new(test_secret("term.example.com")));
+    let set = t.update(&m, Some(&[key("term")].into())).unwrap();
+    assert_eq!(
+        encodings(&set),
+        before,
+        "no listener, cluster or route changed"
+    );
+    assert_ne!(
+        group(&set, "IPv4,IPv6")
+            .resources(ResourceType::Secret)
+            .version(),
+        secret_before
+    );
+
+    // The flip: endpoints only, shared listeners included.
+    m.config_primary_family = Some(Family::IPv6);
+    let set = t.update(&m, None).unwrap();
+    assert_eq!(encodings(&set), before);
+
+    // Termination turned off: reported, no secret read.
+    let mut off = Translator::new(Family::IPv4).without_tls_termination();
+    let set = off.update(&m, None).unwrap();
+    assert!(group(&set, "IPv4,IPv6")
+        .resources(ResourceType::Secret)
+        .is_empty());
+    assert!(off
+        .conflicts()
+        .iter()
+        .any(|c| c.reason.contains("--tls-termination")));
+}
+
+#[test]
+fn a_port_is_used_the_way_its_first_claimant_uses_it() {
+    let mut t = Translator::new(Family::IPv4);
+    let mut m = model(vec![
+        with_hosts("b-shared", 8080, PortKind::Http, &["b.example.com"]),
+        with_hosts("c-shared", 8080, PortKind::Http, &["c.example.com"]),
+    ]);
+    let mut alone = service("a-alone", 80, PortKind::Tcp);
+    alone.ports[0].listener_port = 8080;
+    m.endpoints.insert(alone.key.clone(), dual_endpoints());
+    m.services.insert(alone.key.clone(), alone);
+    let set = t.update(&m, None).unwrap();
+    assert_eq!(
+        names(group(&set, "IPv4"), ResourceType::Listener),
+        ["default/a-alone:80:ipv4"]
+    );
+    assert_eq!(t.conflicts().len(), 2);
+    // The exclusive Service goes: the port becomes shared by Host.
+    m.services.remove(&key("a-alone"));
+    let set = t.update(&m, Some(&[key("a-alone")].into())).unwrap();
+    assert_eq!(
+        names(group(&set, "IPv4"), ResourceType::Listener),
+        ["shared-http:8080:ipv4"]
+    );
+    assert!(t.conflicts().is_empty());
 }

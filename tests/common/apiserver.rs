@@ -1,4 +1,4 @@
-//! A fake Kubernetes API server for Services, EndpointSlices and ConfigMaps, faithful to
+//! A fake Kubernetes API server for Services, EndpointSlices, ConfigMaps and Secrets, faithful to
 //! the list/watch protocol as kube-rs (and client-go) use it:
 //!
 //! - every write takes the next `resourceVersion` (monotonic, global);
@@ -10,7 +10,9 @@
 //!   with an `Expired` Status), which forces a relist;
 //! - `labelSelector` (`k=v`, `k==v`, `k!=v`, `k`, `!k`) and `fieldSelector`
 //!   (`metadata.name`, `metadata.namespace`) filter lists and watches;
-//! - `timeoutSeconds` ends a watch.
+//! - `timeoutSeconds` ends a watch;
+//! - a kind the caller's RBAC does not allow ([`FakeApiServer::forbid`]) gets
+//!   `403 Forbidden` with a `Forbidden` Status, as the real server answers.
 //!
 //! Tests drive it with [`FakeApiServer::apply`], [`FakeApiServer::delete`],
 //! [`FakeApiServer::expire`] (compaction: open watches end and must relist),
@@ -36,6 +38,7 @@ pub enum Kind {
     Service,
     EndpointSlice,
     ConfigMap,
+    Secret,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
             Some("Service") => Kind::Service,
             Some("EndpointSlice") => Kind::EndpointSlice,
             Some("ConfigMap") => Kind::ConfigMap,
+            Some("Secret") => Kind::Secret,
             other => panic!("the fake API server does not serve kind {other:?}"),
         }
     }
@@ -60,6 +64,17 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Secret => "Secret",
+        }
+    }
+
+    /// The resource in URLs and RBAC rules.
+    fn resource(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::ConfigMap => "configmaps",
+            Kind::Secret => "secrets",
         }
     }
 }
@@ -85,8 +100,11 @@ struct Store {
     lists_held: bool,
     /// Latency of every list response (a large cluster's lists take time).
     list_delay: Duration,
-    /// Requests served, by kind ("list" or "watch"), for assertions.
+    /// Requests served, by verb ("list" or "watch") and by resource and verb
+    /// ("secrets list"), for assertions.
     requests: HashMap<String, u64>,
+    /// Kinds the caller may not read.
+    forbidden: std::collections::BTreeSet<Kind>,
 }
 
 struct Shared {
@@ -160,6 +178,11 @@ impl FakeApiServer {
                 "/api/v1/namespaces/{ns}/configmaps",
                 get(list_or_watch_config_maps),
             )
+            .route("/api/v1/secrets", get(list_or_watch_all_secrets))
+            .route(
+                "/api/v1/namespaces/{ns}/secrets",
+                get(list_or_watch_secrets),
+            )
             .route(
                 "/apis/discovery.k8s.io/v1/endpointslices",
                 get(list_or_watch_all_slices),
@@ -202,6 +225,13 @@ impl FakeApiServer {
             .unwrap_or("default")
             .to_owned();
         let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        if let Some(Value::Object(strings)) = object.as_object_mut().unwrap().remove("stringData") {
+            // Write-only: the server merges it into `data`, base64-encoded.
+            for (key, value) in strings {
+                let bytes = k8s_openapi::ByteString(value.as_str().unwrap().as_bytes().to_vec());
+                object["data"][key] = serde_json::to_value(bytes).unwrap();
+            }
+        }
         let mut store = lock(&self.shared);
         store.rv += 1;
         let rv = store.rv;
@@ -264,7 +294,14 @@ impl FakeApiServer {
         lock(&self.shared).list_delay = delay;
     }
 
-    /// How many list or watch requests were served (`what` is "list" or "watch").
+    /// From now on, reading `kind` is refused with `403 Forbidden` (RBAC without it).
+    pub fn forbid(&self, kind: Kind) {
+        lock(&self.shared).forbidden.insert(kind);
+    }
+
+    /// How many list or watch requests were served (`what` is "list" or "watch", a
+    /// resource and verb: "secrets watch", or those and a field selector: "secrets list
+    /// metadata.name=tls"), refused ones included.
     pub fn requests(&self, what: &str) -> u64 {
         lock(&self.shared).requests.get(what).copied().unwrap_or(0)
     }
@@ -293,6 +330,12 @@ async fn list_or_watch_all_config_maps(s: SharedState, q: Params) -> Response {
 }
 async fn list_or_watch_config_maps(s: SharedState, Path(ns): Path<String>, q: Params) -> Response {
     handle(s.0, Kind::ConfigMap, Some(ns), q.0).await
+}
+async fn list_or_watch_all_secrets(s: SharedState, q: Params) -> Response {
+    handle(s.0, Kind::Secret, None, q.0).await
+}
+async fn list_or_watch_secrets(s: SharedState, Path(ns): Path<String>, q: Params) -> Response {
+    handle(s.0, Kind::Secret, Some(ns), q.0).await
 }
 async fn list_or_watch_all_slices(s: SharedState, q: Params) -> Response {
     handle(s.0, Kind::EndpointSlice, None, q.0).await
@@ -433,19 +476,33 @@ async fn handle(
         fields,
     };
     let watch = matches!(params.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = if watch { "watch" } else { "list" };
+    let forbidden = {
+        let mut store = lock(&shared);
+        let mut keys = vec![verb.to_owned(), format!("{} {verb}", kind.resource())];
+        if let Some(fields) = params.get("fieldSelector").filter(|f| !f.is_empty()) {
+            keys.push(format!("{} {verb} {fields}", kind.resource()));
+        }
+        for key in keys {
+            *store.requests.entry(key).or_default() += 1;
+        }
+        store.forbidden.contains(&kind)
+    };
+    if forbidden {
+        let scope = match &selection.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_owned(),
+        };
+        let message = format!(
+            "{} is forbidden: User \"system:serviceaccount:dualstack-xds:dualstack-xds\" cannot {verb} resource \"{}\" in API group \"\" {scope}",
+            kind.resource(),
+            kind.resource()
+        );
+        return error_response(StatusCode::FORBIDDEN, "Forbidden", &message);
+    }
     if watch {
-        lock(&shared)
-            .requests
-            .entry("watch".into())
-            .and_modify(|n| *n += 1)
-            .or_insert(1);
         watch_response(shared, selection, &params)
     } else {
-        lock(&shared)
-            .requests
-            .entry("list".into())
-            .and_modify(|n| *n += 1)
-            .or_insert(1);
         list_response(shared, selection, &params).await
     }
 }

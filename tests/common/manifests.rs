@@ -51,6 +51,17 @@ pub fn config_map(family: &str) -> Object {
     }))
 }
 
+/// A `kubernetes.io/tls` Secret with a certificate and its key (PEM).
+pub fn tls_secret(namespace: &str, name: &str, cert: &str, key: &str) -> Object {
+    Object(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"tls.crt": cert, "tls.key": key},
+    }))
+}
+
 impl Object {
     fn ports(&mut self) -> &mut Vec<Value> {
         let ports = match self.0["kind"].as_str() {

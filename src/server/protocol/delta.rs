@@ -17,7 +17,7 @@ pub struct DeltaStream {
     core: StreamCore,
     /// Per type, `initial_resource_versions` of the first request: what the client
     /// already has from an earlier stream, consumed by the first response.
-    initial_versions: [HashMap<String, String>; 4],
+    initial_versions: [HashMap<String, String>; ResourceType::COUNT],
 }
 
 impl Machine for DeltaStream {

@@ -353,7 +353,7 @@ struct StreamCore {
     node: Option<Node>,
     group: String,
     nonces: u64,
-    types: [TypeState; 4],
+    types: [TypeState; ResourceType::COUNT],
 }
 
 impl StreamCore {

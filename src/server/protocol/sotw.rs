@@ -15,7 +15,7 @@ pub struct SotwStream {
     /// Per type, the `version_info` of the first request when the client resumes on a new
     /// stream: if it equals the current version, the client is up to date and nothing is
     /// resent (reconnecting to a restarted or another replica causes no churn).
-    resume_versions: [Option<String>; 4],
+    resume_versions: [Option<String>; ResourceType::COUNT],
 }
 
 impl Machine for SotwStream {

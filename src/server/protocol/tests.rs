@@ -78,6 +78,7 @@ fn names_of(resp: &DiscoveryResponse) -> Vec<String> {
         cluster::v3::Cluster as C, endpoint::v3::ClusterLoadAssignment as E,
         listener::v3::Listener as L, route::v3::RouteConfiguration as R,
     };
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret as S;
     fn name<M: XdsResource + Default>(bytes: &[u8]) -> String {
         M::decode(bytes).unwrap().resource_name().to_owned()
     }
@@ -89,6 +90,7 @@ fn names_of(resp: &DiscoveryResponse) -> Vec<String> {
                 Endpoint => name::<E>(&any.value),
                 Listener => name::<L>(&any.value),
                 Route => name::<R>(&any.value),
+                Secret => name::<S>(&any.value),
             },
         )
         .collect()
@@ -160,9 +162,9 @@ fn later_requests_may_omit_the_node() {
 fn unknown_type_url_is_named_in_the_error() {
     let mut s = ads();
     let mut r = first(Cluster, &[]);
-    r.type_url = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into();
+    r.type_url = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig".into();
     let err = s.on_request(r, None).unwrap_err();
-    assert!(err.to_string().contains("tls.v3.Secret"), "{err}");
+    assert!(err.to_string().contains("TypedExtensionConfig"), "{err}");
     assert!(
         err.to_string().contains("envoy.config.cluster.v3.Cluster"),
         "{err}"

@@ -1,6 +1,8 @@
 //! The Kubernetes API as a source: kube-rs watchers for Services (by label selector),
-//! EndpointSlices (every slice that names a Service, joined in memory) and the one mode
-//! ConfigMap (by field selector on its name), in the namespaces given or all of them.
+//! EndpointSlices (every slice that names a Service, joined in memory), the one mode
+//! ConfigMap (by field selector on its name), in the namespaces given or all of them, and
+//! each Secret a Service terminates TLS with (by field selector on its name, started and
+//! stopped as Services name them: no other Secret is ever read).
 //!
 //! One generic watch serves every kind: kube's watcher with its default backoff, each
 //! object converted into a model change as it arrives (nothing else of it is kept), errors
@@ -12,7 +14,7 @@ mod state;
 use std::fmt::Debug;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Service as K8sService};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service as K8sService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
@@ -27,7 +29,7 @@ use super::convert::{Convert, SERVICE_NAME_LABEL};
 use super::debounce::{Debounce, Debouncer, Instant};
 use super::{Sink, SourceEvent};
 use crate::model::{ObjectKey, ObjectKind};
-pub use state::{Converted, KubeState};
+pub use state::{Converted, KubeState, SecretWatches};
 
 /// What to watch.
 #[derive(Clone, Debug)]
@@ -38,6 +40,8 @@ pub struct Scope {
     pub namespaces: Vec<String>,
     /// The mode ConfigMap (`--config-map NAMESPACE/NAME`).
     pub config_map: ObjectKey,
+    /// Watch the Secrets that Services terminating TLS name (`--tls-termination`).
+    pub secrets: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,11 +85,14 @@ impl SourceMetrics {
     }
 }
 
-type TaggedStream =
-    std::pin::Pin<Box<dyn Stream<Item = (usize, watcher::Event<Converted>)> + Send>>;
+/// What a watcher reports: an event, or `None` when a request failed (the watcher
+/// retries with kube's default backoff).
+pub type Reported = Option<watcher::Event<Converted>>;
+
+type TaggedStream = std::pin::Pin<Box<dyn Stream<Item = (usize, Reported)> + Send>>;
 
 /// The events of one watcher (`id`), objects converted as they arrive; errors are
-/// counted and logged (the watcher retries with kube's default backoff).
+/// counted, logged and reported as `None`.
 fn watch<K>(
     id: usize,
     api: Api<K>,
@@ -109,7 +116,7 @@ where
                     match event {
                         Ok(event) => Some((
                             id,
-                            match event {
+                            Some(match event {
                                 watcher::Event::Apply(o) => watcher::Event::Apply(convert(o)),
                                 watcher::Event::Delete(o) => watcher::Event::Delete(convert(o)),
                                 watcher::Event::Init => watcher::Event::Init,
@@ -117,12 +124,16 @@ where
                                     watcher::Event::InitApply(convert(o))
                                 }
                                 watcher::Event::InitDone => watcher::Event::InitDone,
-                            },
+                            }),
                         )),
                         Err(error) => {
                             errors.inc();
-                            tracing::warn!(kind = %K::KIND, %error, "Kubernetes watch failed; retrying with backoff and serving the last state");
-                            None
+                            if K::KIND == ObjectKind::Secret {
+                                tracing::warn!(kind = %K::KIND, %error, "reading a TLS Secret failed; the Services using it are not served until it is read (grant get/list/watch on Secrets, or run with --tls-termination=false); retrying with backoff");
+                            } else {
+                                tracing::warn!(kind = %K::KIND, %error, "Kubernetes watch failed; retrying with backoff and serving the last state");
+                            }
+                            Some((id, None))
                         }
                     }
                 }
@@ -168,6 +179,22 @@ impl Watchers<'_> {
     }
 }
 
+/// Starts the watch of one Secret, as watcher `id`.
+pub type SecretWatch = Box<dyn Fn(usize, &ObjectKey) -> TaggedStream + Send>;
+
+/// The Secret watch of a scope that watches Secrets.
+fn secret_watch(client: &Client, scope: &Scope, metrics: &SourceMetrics) -> Option<SecretWatch> {
+    if !scope.secrets {
+        return None;
+    }
+    let client = client.clone();
+    let metrics = metrics.clone();
+    Some(Box::new(move |id, key: &ObjectKey| {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", key.name));
+        watch::<Secret>(id, api(&client, Some(&key.namespace)), config, &metrics)
+    }))
+}
+
 /// Every watcher the scope needs, and the kind each watches.
 fn watchers(
     client: &Client,
@@ -208,41 +235,81 @@ pub async fn run(
     sink: impl Sink,
 ) {
     let (streams, kinds) = watchers(&client, &scope, &metrics);
-    follow(futures::stream::select_all(streams), kinds, debounce, sink).await;
+    let secrets = secret_watch(&client, &scope, &metrics);
+    follow(
+        futures::stream::select_all(streams),
+        kinds,
+        secrets,
+        debounce,
+        sink,
+    )
+    .await;
+}
+
+/// Sends the events of `events` into `tx`, stamped with their arrival, until either ends.
+fn forward(
+    events: impl Stream<Item = (usize, Reported)> + Send + 'static,
+    tx: mpsc::Sender<(Instant, (usize, Reported))>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            if tx.send((Instant::now(), event)).await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// The source after its watches: `events` (the index of the watcher, which watches
-/// `kinds[index]`, and its event) are applied to a [`KubeState`], debounced and sent to
-/// `sink` until the stream ends. Benchmarks feed it directly.
+/// `kinds[index]`, and what it reported) are applied to a [`KubeState`], debounced and sent to
+/// `sink` until the stream ends. With `secrets`, the Secrets that Services name are
+/// watched too, each by a watcher of its own. Benchmarks feed it directly.
 pub async fn follow(
-    events: impl Stream<Item = (usize, watcher::Event<Converted>)> + Send + 'static,
+    events: impl Stream<Item = (usize, Reported)> + Send + 'static,
     kinds: Vec<ObjectKind>,
+    secrets: Option<SecretWatch>,
     debounce: Debounce,
     mut sink: impl Sink,
 ) {
     let mut state = KubeState::new(kinds);
+    if secrets.is_some() {
+        state = state.with_secret_watches();
+    }
     // Watchers wait when the pipeline falls behind: the channel is the only queue.
     let (events_tx, mut stamped) = mpsc::channel(256);
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            if events_tx.send((Instant::now(), event)).await.is_err() {
-                return;
-            }
-        }
-    });
+    // Secret watchers send into the same channel; without them it closes when `events`
+    // ends (a benchmark's stream).
+    let secrets_tx = secrets.as_ref().map(|_| events_tx.clone());
+    forward(events, events_tx);
+    let mut secret_watchers: std::collections::BTreeMap<usize, tokio::task::JoinHandle<()>> =
+        std::collections::BTreeMap::new();
     let mut synced = false;
     let mut debouncer = Debouncer::new(debounce);
     let mut changes = Vec::new();
     loop {
         let Some(since) = debouncer
-            .burst(&mut stamped, |(id, event)| {
-                changes.extend(state.apply(id, event));
+            .burst(&mut stamped, |(id, reported)| match reported {
+                Some(event) => changes.extend(state.apply(id, event)),
+                None => state.failed(id),
             })
             .await
         else {
             return;
         };
+        if let (Some(watch), Some(tx)) = (&secrets, &secrets_tx) {
+            let watches = state.secret_watches();
+            for id in watches.stop {
+                if let Some(task) = secret_watchers.remove(&id) {
+                    task.abort();
+                }
+            }
+            for (id, key) in watches.start {
+                tracing::debug!(namespace = %key.namespace, name = %key.name, "watching a TLS Secret");
+                secret_watchers.insert(id, forward(watch(id, &key), tx.clone()));
+            }
+            changes.extend(watches.changes);
+        }
         let sending = Instant::now();
         if !changes.is_empty() {
             let changes = std::mem::take(&mut changes);

@@ -3,12 +3,16 @@
 //! `410 Gone`, a reconnect or a timeout) is buffered and turned into changes as a whole
 //! at `InitDone`, so clients never see a Service vanish and come back; the source is
 //! synced once every watcher has completed its first list.
+//!
+//! Secrets are watched one by one, only those that Services terminating TLS name: the
+//! state follows which Secrets the Services it has passed on reference, and
+//! [`KubeState::secret_watches`] says which watchers to start and stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::runtime::watcher::Event;
 
-use crate::model::{ModelChange, ObjectKey, ObjectKind};
+use crate::model::{ModelChange, ObjectKey, ObjectKind, ServiceKey};
 
 /// An object as the state receives it: its identity and the change its content makes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,69 +32,179 @@ struct WatcherState {
     relist: Option<BTreeMap<ObjectKey, ModelChange>>,
 }
 
+impl WatcherState {
+    fn new(kind: ObjectKind) -> Self {
+        WatcherState {
+            kind,
+            synced: false,
+            known: BTreeSet::new(),
+            relist: None,
+        }
+    }
+}
+
+/// Secret watchers to start and stop, and the changes stopping them makes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SecretWatches {
+    /// New watchers: their id and the one Secret each watches.
+    pub start: Vec<(usize, ObjectKey)>,
+    /// Watchers no longer needed (their events, still queued, are ignored).
+    pub stop: Vec<usize>,
+    /// The Secrets those held, withdrawn from the model.
+    pub changes: Vec<ModelChange>,
+}
+
 /// Every watcher's state.
 #[derive(Debug)]
 pub struct KubeState {
-    watchers: Vec<WatcherState>,
+    watchers: BTreeMap<usize, WatcherState>,
+    next_id: usize,
+    /// When Secrets are watched: the Secret each Service passed on terminates TLS with.
+    secret_refs: Option<BTreeMap<ServiceKey, ObjectKey>>,
+    /// The watcher of each Secret watched.
+    secret_watchers: BTreeMap<ObjectKey, usize>,
 }
 
 impl KubeState {
     /// State for one watcher per kind given (watcher `i` watches `kinds[i]`), none synced.
     pub fn new(kinds: impl IntoIterator<Item = ObjectKind>) -> Self {
+        let watchers: BTreeMap<usize, WatcherState> = kinds
+            .into_iter()
+            .map(WatcherState::new)
+            .enumerate()
+            .collect();
         KubeState {
-            watchers: kinds
-                .into_iter()
-                .map(|kind| WatcherState {
-                    kind,
-                    synced: false,
-                    known: BTreeSet::new(),
-                    relist: None,
-                })
-                .collect(),
+            next_id: watchers.len(),
+            watchers,
+            secret_refs: None,
+            secret_watchers: BTreeMap::new(),
         }
+    }
+
+    /// Follows the Secrets that Services reference, for [`KubeState::secret_watches`].
+    pub fn with_secret_watches(mut self) -> Self {
+        self.secret_refs = Some(BTreeMap::new());
+        self
     }
 
     /// Every watcher has completed its first list.
     pub fn is_synced(&self) -> bool {
-        self.watchers.iter().all(|w| w.synced)
+        self.watchers.values().all(|w| w.synced)
     }
 
-    /// Applies one event of watcher `id`; returns the model changes it makes now.
+    /// Applies one event of watcher `id`; returns the model changes it makes now. Events
+    /// of a watcher that was stopped are ignored.
     pub fn apply(&mut self, id: usize, event: Event<Converted>) -> Vec<ModelChange> {
-        let w = &mut self.watchers[id];
+        let Some(w) = self.watchers.get_mut(&id) else {
+            return Vec::new();
+        };
+        let changes = w.apply(event);
+        if let Some(refs) = &mut self.secret_refs {
+            for change in &changes {
+                match change {
+                    ModelChange::Service(key, service) => {
+                        match service.as_ref().ok().and_then(|s| s.tls_secret()) {
+                            Some(secret) => refs.insert(key.clone(), secret.clone()),
+                            None => refs.remove(key),
+                        };
+                    }
+                    ModelChange::ServiceRemoved(key) => {
+                        refs.remove(key);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        changes
+    }
+
+    /// Watcher `id` failed a request (it retries with backoff). A Secret watcher that has
+    /// not listed yet counts as synced from then on: until it lists, its Secret is missing
+    /// (the Services using it are reported), and the rest is served rather than held
+    /// back by one Secret the control plane cannot read.
+    pub fn failed(&mut self, id: usize) {
+        if let Some(w) = self.watchers.get_mut(&id) {
+            if w.kind == ObjectKind::Secret {
+                w.synced = true;
+            }
+        }
+    }
+
+    /// The Secret watchers to start (for Secrets newly referenced) and stop (for Secrets
+    /// no Service references any more), applied to the state: new watchers count as not
+    /// yet synced.
+    pub fn secret_watches(&mut self) -> SecretWatches {
+        let mut watches = SecretWatches::default();
+        let Some(refs) = &self.secret_refs else {
+            return watches;
+        };
+        let wanted: BTreeSet<&ObjectKey> = refs.values().collect();
+        let unwanted: Vec<ObjectKey> = self
+            .secret_watchers
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .cloned()
+            .collect();
+        for key in wanted {
+            if !self.secret_watchers.contains_key(key) {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.watchers
+                    .insert(id, WatcherState::new(ObjectKind::Secret));
+                self.secret_watchers.insert(key.clone(), id);
+                watches.start.push((id, key.clone()));
+            }
+        }
+        for key in unwanted {
+            let id = self.secret_watchers.remove(&key).expect("watched");
+            let watcher = self.watchers.remove(&id).expect("a watcher");
+            watches.stop.push(id);
+            watches.changes.extend(
+                watcher
+                    .known
+                    .into_iter()
+                    .map(|k| ModelChange::removal(ObjectKind::Secret, k)),
+            );
+        }
+        watches
+    }
+}
+
+impl WatcherState {
+    fn apply(&mut self, event: Event<Converted>) -> Vec<ModelChange> {
         match event {
             Event::Apply(object) => {
-                w.known.insert(object.key);
+                self.known.insert(object.key);
                 vec![object.change]
             }
             Event::Delete(object) => {
-                w.known.remove(&object.key);
-                vec![ModelChange::removal(w.kind, object.key)]
+                self.known.remove(&object.key);
+                vec![ModelChange::removal(self.kind, object.key)]
             }
             Event::Init => {
-                w.relist = Some(BTreeMap::new());
+                self.relist = Some(BTreeMap::new());
                 Vec::new()
             }
             Event::InitApply(object) => {
-                if let Some(listed) = &mut w.relist {
+                if let Some(listed) = &mut self.relist {
                     listed.insert(object.key, object.change);
                 }
                 Vec::new()
             }
             Event::InitDone => {
-                w.synced = true;
-                let Some(listed) = w.relist.take() else {
+                self.synced = true;
+                let Some(listed) = self.relist.take() else {
                     return Vec::new();
                 };
                 // What the watcher held and the list no longer has was deleted while
                 // the watch was down.
-                let mut changes: Vec<ModelChange> = w
+                let mut changes: Vec<ModelChange> = self
                     .known
                     .iter()
                     .filter(|k| !listed.contains_key(*k))
-                    .map(|k| ModelChange::removal(w.kind, k.clone()))
+                    .map(|k| ModelChange::removal(self.kind, k.clone()))
                     .collect();
-                w.known = listed.keys().cloned().collect();
+                self.known = listed.keys().cloned().collect();
                 changes.extend(listed.into_values());
                 changes
             }
@@ -101,7 +215,7 @@ impl KubeState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Changed, ModelStore, PortKind, Service};
+    use crate::model::{Changed, ModelStore, PortKind, Service, TlsMode};
     use Event::*;
 
     fn key(name: &str) -> ObjectKey {
@@ -182,5 +296,95 @@ mod tests {
         // A relist after the delete does not bring it back, nor withdraw it twice.
         state.apply(0, Init);
         assert!(state.apply(0, InitDone).is_empty());
+    }
+
+    fn terminating(name: &str, secret: &str) -> Converted {
+        let mut service = Service::one_port(key(name), 443, PortKind::Tcp);
+        service.hosts = vec![format!("{name}.example.com")];
+        service.tls = Some(TlsMode::Terminate {
+            secret: key(secret),
+        });
+        Converted {
+            key: key(name),
+            change: ModelChange::Service(key(name), Ok(service)),
+        }
+    }
+
+    fn secret_change(name: &str) -> Converted {
+        Converted {
+            key: key(name),
+            change: ModelChange::SecretRemoved(key(name)),
+        }
+    }
+
+    #[test]
+    fn secrets_are_watched_while_services_reference_them() {
+        let mut state = KubeState::new([ObjectKind::Service]).with_secret_watches();
+        state.apply(0, Init);
+        state.apply(0, InitApply(terminating("shop", "shop-tls")));
+        state.apply(0, InitApply(terminating("blog", "shared-tls")));
+        state.apply(0, InitApply(terminating("docs", "shared-tls")));
+        state.apply(0, InitApply(svc("plain")));
+        assert!(
+            state.secret_watches().start.is_empty(),
+            "nothing listed yet"
+        );
+        state.apply(0, InitDone);
+        let watches = state.secret_watches();
+        let started: Vec<_> = watches.start.iter().map(|(_, k)| k.name.as_str()).collect();
+        assert_eq!(
+            started,
+            ["shared-tls", "shop-tls"],
+            "one watcher per Secret"
+        );
+        assert!(
+            !state.is_synced(),
+            "synced only once the Secrets are listed"
+        );
+        for (id, _) in &watches.start {
+            state.apply(*id, Init);
+            state.apply(*id, InitDone);
+        }
+        assert!(state.is_synced());
+        let shop_watcher = watches.start[1].0;
+        // A Secret that cannot be read does not hold the rest back.
+        state.apply(0, Apply(terminating("unreadable", "forbidden-tls")));
+        let forbidden = state.secret_watches().start[0].0;
+        assert!(!state.is_synced());
+        state.failed(forbidden);
+        assert!(state.is_synced());
+        state.failed(0);
+        state.apply(0, Delete(svc("unreadable")));
+        assert_eq!(state.secret_watches().stop, [forbidden]);
+        state.apply(shop_watcher, Apply(secret_change("shop-tls")));
+
+        // blog stops using shared-tls: docs still does.
+        state.apply(0, Apply(svc("blog")));
+        assert_eq!(state.secret_watches(), SecretWatches::default());
+        // shop is deleted: its Secret is no longer watched and leaves the model.
+        state.apply(0, Delete(svc("shop")));
+        let watches = state.secret_watches();
+        assert_eq!(watches.stop, [shop_watcher]);
+        assert_eq!(
+            watches.changes,
+            [ModelChange::SecretRemoved(key("shop-tls"))]
+        );
+        // Events the stopped watcher had queued are ignored.
+        assert!(state
+            .apply(shop_watcher, Apply(secret_change("shop-tls")))
+            .is_empty());
+        // A Service naming it again starts a new watcher.
+        state.apply(0, Apply(terminating("shop", "shop-tls")));
+        let watches = state.secret_watches();
+        assert_eq!(watches.start.len(), 1);
+        assert_ne!(watches.start[0].0, shop_watcher);
+        assert!(!state.is_synced());
+    }
+
+    #[test]
+    fn without_secret_watches_no_secret_is_watched() {
+        let mut state = KubeState::new([ObjectKind::Service]);
+        state.apply(0, Apply(terminating("shop", "shop-tls")));
+        assert_eq!(state.secret_watches(), SecretWatches::default());
     }
 }
