@@ -26,6 +26,7 @@ cargo bench --bench sources
 cargo bench --bench bytes_per_change
 cargo bench --bench churn -- --churn-secs "$churn"
 cargo bench --bench convergence
+cargo bench --bench nginx
 python3 - <<'PY'
 import glob, json, os, platform, subprocess
 figures = {}

@@ -52,6 +52,69 @@ enum Command {
     Status(Status),
     /// Write a CA, a server certificate and per-fleet client certificates for mTLS.
     Certs(Certs),
+    /// Run an nginx ingress from the control plane: an xDS client that writes nginx
+    /// configuration and reloads nginx (or, with a command after `--`, runs nginx too).
+    Nginx(Box<NginxAgent>),
+}
+
+#[derive(Debug, clap::Args)]
+struct NginxAgent {
+    /// The control plane, HOST:PORT (IPv6 hosts in brackets).
+    #[arg(
+        long,
+        default_value = "dualstack-xds.dualstack-xds.svc.cluster.local:18000"
+    )]
+    xds_address: String,
+    /// The node id (unique per nginx instance: the pod name in a cluster).
+    #[arg(long, default_value = "nginx-ingress")]
+    node_id: String,
+    /// The node's cluster (the fleet; under --authorize-node, the certificate's fleet).
+    #[arg(long, default_value = "dualstack-ingress")]
+    cluster: String,
+    /// The families nginx binds listeners on.
+    #[arg(long, default_value = "IPv4,IPv6")]
+    families: ListenerFamilies,
+    /// mTLS to the control plane with tls.crt, tls.key and ca.crt from this directory.
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// The name the control plane's certificate must carry [default: the host of
+    /// --xds-address].
+    #[arg(long, requires = "tls_dir")]
+    tls_server_name: Option<String>,
+    /// Directory for stream.conf (include it at nginx.conf's main level) and http.conf
+    /// (include it inside http {}); created when missing.
+    #[arg(long, default_value = "/etc/nginx/dualstack-xds")]
+    config_dir: PathBuf,
+    /// The nginx binary for `nginx -t` when nginx runs on its own.
+    #[arg(long, default_value = "nginx")]
+    nginx: PathBuf,
+    /// nginx's main configuration file (`-c`) when nginx runs on its own.
+    #[arg(long)]
+    nginx_conf: Option<PathBuf>,
+    /// The pid file of an nginx that runs on its own (the master gets SIGHUP).
+    #[arg(long, default_value = "/run/nginx.pid")]
+    pid_file: PathBuf,
+    /// Quiet time after a response before nginx is reloaded: a burst is one reload.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    debounce: std::time::Duration,
+    /// Longest a burst may hold a reload back.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    debounce_max: std::time::Duration,
+    /// How long a new listener waits for the endpoints and routes it references.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    warming_timeout: std::time::Duration,
+    /// How long nginx may take to serve a configuration after the reload signal before
+    /// it is reported as refused.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    reload_timeout: std::time::Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    /// nginx's command line, to run it in the foreground under the agent (e.g. `-- nginx
+    /// -g 'daemon off;'`): signals are forwarded and the agent exits with nginx's status.
+    /// `nginx -t` is that command line with `-t`.
+    #[arg(last = true)]
+    exec: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -305,6 +368,13 @@ impl Cli {
             Command::Bootstrap(bootstrap) => bootstrap.run(),
             Command::Status(status) => status.run().await,
             Command::Certs(certs) => certs.run(),
+            Command::Nginx(agent) => {
+                let code = agent.run().await?;
+                if code != 0 {
+                    std::process::exit(code);
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -556,6 +626,51 @@ impl Status {
         let clients = crate::status::clients(admin_addr).await?;
         print!("{}", crate::status::table(&clients));
         Ok(())
+    }
+}
+
+impl NginxAgent {
+    async fn run(self) -> anyhow::Result<i32> {
+        let NginxAgent {
+            xds_address,
+            node_id,
+            cluster,
+            families,
+            tls_dir,
+            tls_server_name,
+            config_dir,
+            nginx,
+            nginx_conf,
+            pid_file,
+            debounce,
+            debounce_max,
+            warming_timeout,
+            reload_timeout,
+            log_format,
+            exec,
+        } = self;
+        init_logging(log_format);
+        let scheme = if tls_dir.is_some() { "https" } else { "http" };
+        let mut nginx_test = vec![nginx.into_os_string()];
+        if let Some(conf) = nginx_conf {
+            nginx_test.extend(["-c".into(), conf.into_os_string()]);
+        }
+        let code = crate::nginx::agent::run(crate::nginx::agent::AgentOptions {
+            server: format!("{scheme}://{xds_address}"),
+            node: crate::nginx::agent::node(&node_id, &cluster, families),
+            tls_dir,
+            tls_server_name,
+            debounce,
+            debounce_max,
+            warming_timeout,
+            config_dir,
+            nginx_test,
+            pid_file,
+            reload_timeout,
+            exec,
+        })
+        .await?;
+        Ok(code)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod bootstrap;
 pub mod certs;
 pub mod cli;
 pub mod model;
+pub mod nginx;
 pub mod pipeline;
 pub mod server;
 pub mod snapshot;

@@ -38,12 +38,14 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     serde_json::from_str(body).with_context(|| format!("decoding {path}"))
 }
 
-/// One row per stream, from `/debug/clients`: node, its cluster and families, the
+/// One row per stream, from `/debug/clients`: node, its user agent (an Envoy, an nginx
+/// agent, a gRPC library), its cluster and families, the
 /// stream kind, per type the acked version, what is pending, the last NACK.
 pub fn table(clients: &[serde_json::Value]) -> String {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
     let mut rows = vec![[
         "NODE".to_string(),
+        "AGENT".into(),
         "CLUSTER".into(),
         "FAMILIES".into(),
         "STREAM".into(),
@@ -89,6 +91,10 @@ pub fn table(clients: &[serde_json::Value]) -> String {
         );
         rows.push([
             text(&c["node_id"]),
+            match text(&c["user_agent"]) {
+                a if a.is_empty() => "-".into(),
+                a => a,
+            },
             text(&c["cluster"]),
             text(&c["group"]),
             kind,
@@ -101,7 +107,7 @@ pub fn table(clients: &[serde_json::Value]) -> String {
             nack,
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -115,4 +121,41 @@ pub fn table(clients: &[serde_json::Value]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_tells_nginx_nodes_from_envoys_and_shows_their_nacks() {
+        let clients = serde_json::json!([
+            {"node_id": "envoy-1", "user_agent": "envoy", "cluster": "ingress-ipv4",
+             "group": "IPv4", "kind": "sotw", "aggregated": true,
+             "types": [{"type_url": ResourceType::Cluster.type_url(), "acked_version": "0123456789abcdef", "pending_nonce": null}]},
+            {"node_id": "nginx-1", "user_agent": "dualstack-xds-nginx", "cluster": "ingress-ipv6",
+             "group": "IPv6", "kind": "delta", "aggregated": true,
+             "types": [{"type_url": ResourceType::Cluster.type_url(), "acked_version": null, "pending_nonce": null,
+                        "last_nack": {"message": "shop/db:5432: PROXY protocol v2\nmore"}}]}
+        ]);
+        let table = table(clients.as_array().unwrap());
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("NODE     AGENT                CLUSTER"),
+            "{table}"
+        );
+        assert!(
+            lines[1].starts_with("envoy-1  envoy                ingress-ipv4"),
+            "{table}"
+        );
+        assert!(lines[1].contains("sotw ads   01234567 - - - -"), "{table}");
+        assert!(
+            lines[2].starts_with("nginx-1  dualstack-xds-nginx  ingress-ipv6"),
+            "{table}"
+        );
+        assert!(
+            lines[2].ends_with("cds: shop/db:5432: PROXY protocol v2"),
+            "{table}"
+        );
+    }
 }

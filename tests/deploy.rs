@@ -513,4 +513,208 @@ fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
         .lines()
         .any(|l| l.starts_with("USER ") && !l.contains("root")));
     assert!(final_stage.contains("COPY --from=build"));
+    // The nginx fleets' image: nginx's, with the agent, not as root.
+    let nginx = text
+        .split("\nFROM ")
+        .find(|s| s.contains(" AS nginx-agent"))
+        .expect("an nginx-agent stage");
+    assert!(nginx.starts_with("nginx:"));
+    assert!(nginx.contains("COPY --from=build /src/target/release/dualstack-xds"));
+    assert!(nginx.lines().any(|l| l == "USER 101:101"));
+}
+
+/// Every document of deploy/nginx/*.yaml, by kind/name.
+fn nginx_documents() -> BTreeMap<String, Value> {
+    let mut docs = BTreeMap::new();
+    for entry in std::fs::read_dir(repo_path("deploy/nginx")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml")
+            || path.file_name().unwrap() == "kustomization.yaml"
+        {
+            continue;
+        }
+        for doc in serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&path).unwrap()) {
+            let value = Value::deserialize(doc).unwrap();
+            let key = format!(
+                "{}/{}",
+                value["kind"].as_str().unwrap(),
+                value["metadata"]["name"].as_str().unwrap()
+            );
+            assert!(docs.insert(key.clone(), value).is_none(), "{key} twice");
+        }
+    }
+    docs
+}
+
+#[test]
+fn nginx_fleets_run_the_agent_under_the_aks_constraints() {
+    let docs = nginx_documents();
+    let base = documents();
+    let kustomization: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo_path("deploy/nginx/kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let listed: Vec<&str> = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "nginx-ingress-ipv4.yaml",
+            "nginx-ingress-ipv6.yaml",
+            "network-policy.yaml"
+        ]
+    );
+    let policy: NetworkPolicy = get(&docs, "NetworkPolicy/nginx-ingress");
+    // The control plane admits xDS clients by label.
+    let control_plane: NetworkPolicy = get(&base, "NetworkPolicy/dualstack-xds");
+    let client_label = control_plane.spec.unwrap().ingress.unwrap()[0]
+        .from
+        .as_ref()
+        .unwrap()[0]
+        .pod_selector
+        .clone()
+        .unwrap()
+        .match_labels
+        .unwrap();
+    for family in ["IPv4", "IPv6"] {
+        let fam = family.to_lowercase();
+        let name = format!("nginx-ingress-{fam}");
+        let service: Service = get(&docs, &format!("Service/{name}"));
+        let spec = service.spec.unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.ip_families, Some(vec![family.to_string()]));
+        assert_eq!(spec.ip_family_policy.as_deref(), Some("SingleStack"));
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        let deployment: Deployment = get(&docs, &format!("Deployment/{name}"));
+        let dspec = deployment.spec.unwrap();
+        let labels = dspec.template.metadata.unwrap().labels.unwrap();
+        assert!(spec
+            .selector
+            .clone()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v)));
+        assert!(client_label.iter().all(|(k, v)| labels.get(k) == Some(v)));
+        let pod = dspec.template.spec.unwrap();
+        hardened(&pod, &name);
+        pdb_covers(&docs, &name, &labels);
+        let container = &pod.containers[0];
+        let container_ports: Vec<(String, i32)> = container
+            .ports
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.container_port))
+            .collect();
+        for port in spec.ports.unwrap() {
+            let target = match port.target_port.unwrap() {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => s,
+                other => panic!("{name}: targetPort {other:?}"),
+            };
+            let (_, number) = container_ports
+                .iter()
+                .find(|(n, _)| *n == target)
+                .unwrap_or_else(|| panic!("{name}: {target}"));
+            // Every Service port is open in the fleet's NetworkPolicy.
+            let open = policy.spec.clone().unwrap().ingress.unwrap()[0]
+                .ports
+                .clone()
+                .unwrap();
+            assert!(
+                open.iter().any(|p| p.port
+                    == Some(
+                        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(*number)
+                    )
+                    && p.protocol == port.protocol),
+                "{name}: {target} closed"
+            );
+        }
+        // The agent: the family's identity and listeners, nginx under it.
+        let args = container.args.clone().unwrap();
+        for arg in [
+            format!("--cluster=ingress-{fam}"),
+            format!("--families={family}"),
+            "--tls-dir=/etc/dualstack-xds/tls".to_string(),
+            "--config-dir=/var/run/dualstack-xds".to_string(),
+        ] {
+            assert!(args.contains(&arg), "{name}: {arg}");
+        }
+        assert_eq!(args[0], "nginx");
+        let exec = &args[args.iter().position(|a| a == "--").unwrap() + 1..];
+        assert_eq!(
+            exec,
+            [
+                "nginx",
+                "-e",
+                "stderr",
+                "-c",
+                "/etc/nginx/dualstack-xds/nginx.conf",
+                "-g",
+                "daemon off;"
+            ]
+        );
+        assert_eq!(
+            mounted_secret(&pod, "/etc/dualstack-xds/tls"),
+            format!("xds-client-ingress-{fam}")
+        );
+        // Ready once nginx took a configuration.
+        let probe = container.readiness_probe.clone().unwrap().exec.unwrap();
+        assert_eq!(
+            probe.command.unwrap(),
+            ["test", "-s", "/var/run/dualstack-xds/applied"]
+        );
+    }
+}
+
+/// The fleets' nginx.conf is valid for a real nginx and includes the agent's files where
+/// they belong (stream.conf at the main level, http.conf inside http {}).
+#[test]
+fn the_nginx_fleet_configuration_is_valid_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    // Rendered files, as the agent writes them, for a Service of each kind.
+    std::fs::write(
+        run.join("stream.conf"),
+        "stream {\n    upstream u { server 127.0.0.1:1; }\n    server { listen 127.0.0.1:15001; proxy_pass u; }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("http.conf"),
+        "    server { listen 127.0.0.1:15002 default_server; return 404; }\n",
+    )
+    .unwrap();
+    let conf = std::fs::read_to_string(repo_path("deploy/nginx/nginx.conf"))
+        .unwrap()
+        .replace("/var/run/dualstack-xds", &run.display().to_string());
+    // Debian's nginx has the stream module as a dynamic module; nginx's image has it built in.
+    let conf = format!("load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n{conf}");
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let out = std::process::Command::new(common::nginx_binary())
+        .args(["-e", "stderr", "-t", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(repo_path("deploy/nginx/nginx.conf")).unwrap();
+    let http = text.find("http {").unwrap();
+    assert!(
+        text.find("include /var/run/dualstack-xds/stream.conf;")
+            .unwrap()
+            < http
+    );
+    assert!(
+        text.find("include /var/run/dualstack-xds/http.conf;")
+            .unwrap()
+            > http
+    );
 }

@@ -52,7 +52,7 @@ struct Workspace {
 impl Workspace {
     fn new() -> Workspace {
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["examples", "envoy"] {
+        for sub in ["examples", "envoy", "nginx"] {
             copy_dir(&common::repo_path(sub), &dir.path().join(sub));
         }
         // Outside the watched directory: where files are prepared before `cp` or `mv`.
@@ -86,6 +86,34 @@ impl Workspace {
             .args(args)
             .current_dir(self.root())
             .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+        self.processes.push((name, child));
+    }
+
+    /// Runs a README command that needs a shell (quotes, `$PWD`) as written, with
+    /// `cargo run --release --` the binary under test and the rig's nginx on the PATH;
+    /// it keeps running.
+    fn start_shell(&mut self, command: &str) {
+        let binary = env!("CARGO_BIN_EXE_dualstack-xds");
+        let command = command.replacen("cargo run --release --", binary, 1);
+        let name = format!("process-{}", self.started);
+        self.started += 1;
+        let log = std::fs::File::create(self.root().join(format!("{name}.log"))).unwrap();
+        let nginx_dir = common::nginx_binary().parent().unwrap().to_owned();
+        let path = format!(
+            "{}:{}",
+            nginx_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &format!("exec {command}")])
+            .current_dir(self.root())
+            .env("RUST_LOG", "info")
+            .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -639,6 +667,82 @@ fn the_readme_shared_443_example_serves_each_name_and_rotates_over_sds() {
     assert_eq!(listener_stats(), before, "the rotation drained no listener");
 }
 
+/// The servers of the upstream block of `cluster` in an nginx file the agent wrote.
+fn nginx_upstream(text: &str, cluster: &str) -> Vec<String> {
+    let Some(at) = text.find(&format!("    # {cluster}\n    upstream ")) else {
+        return Vec::new();
+    };
+    text[at..]
+        .lines()
+        .skip(2)
+        .take_while(|l| l.trim() != "}")
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_readme_nginx_ingress_serves_the_examples_and_follows_the_flip() {
+    let _one = lock();
+    let mut ws = Workspace::new();
+    ws.start(&readme_command(
+        "cargo run --release -- serve --manifests examples",
+    ));
+    ws.start_shell(&readme_command("cargo run --release -- nginx "));
+    let read = |file: &str| std::fs::read_to_string(ws.root().join("nginx/run").join(file));
+    // nginx serves (the agent confirmed the reload) what the control plane sent.
+    let applied = |family_prefix: &str| {
+        let (Ok(http), Ok(applied)) = (read("http.conf"), read("applied")) else {
+            return false;
+        };
+        let web = nginx_upstream(&http, WEB);
+        http.contains(&format!("(generation {applied})"))
+            && !web.is_empty()
+            && web
+                .iter()
+                .all(|s| s.starts_with(&format!("server {family_prefix}")))
+    };
+    ws.until("nginx serves the examples", || applied("10.244."));
+    for addr in [
+        "127.0.0.1:8080",
+        "[::1]:8080",
+        "127.0.0.1:9090",
+        "[::1]:9090",
+    ] {
+        assert!(
+            std::net::TcpStream::connect(addr).is_ok(),
+            "nginx listens on {addr}\n{}",
+            ws.logs()
+        );
+    }
+    let stream = read("stream.conf").unwrap();
+    assert!(
+        stream.contains("listen [::]:5353 udp ipv6only=on;"),
+        "{stream}"
+    );
+    assert!(stream.contains("vault.example.com"), "{stream}");
+
+    // The README's flip, exactly as written, reaches nginx.
+    ws.sh(&readme_command("sed -i "));
+    ws.until("the README's flip reaches nginx", || applied("[fd00:"));
+
+    // The README's status: the nginx node, and what it refused.
+    let status = Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
+        .args(
+            readme_command("cargo run --release -- status")
+                .split_whitespace()
+                .skip(4),
+        )
+        .output()
+        .unwrap();
+    let status = String::from_utf8(status.stdout).unwrap();
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("nginx-ingress "))
+        .unwrap_or_else(|| panic!("no nginx row:\n{status}"));
+    assert!(row.contains(" dualstack-xds-nginx "), "{row}");
+    assert!(row.contains("not rendered for nginx"), "{row}");
+}
+
 #[test]
 fn the_readme_render_command_prints_what_it_says() {
     let render = readme_command("cargo run -- render --manifests examples");
@@ -709,7 +813,7 @@ fn flags(text: &str) -> std::collections::BTreeSet<String> {
 fn the_reference_lists_every_flag_and_only_real_ones() {
     let doc = std::fs::read_to_string(common::repo_path("docs/reference.md")).unwrap();
     let synopsis: Vec<&str> = doc.lines().filter_map(|l| l.strip_prefix("    ")).collect();
-    for sub in ["serve", "render", "bootstrap", "status", "certs"] {
+    for sub in ["serve", "render", "bootstrap", "status", "certs", "nginx"] {
         let start = synopsis
             .iter()
             .position(|l| l.starts_with(&format!("dualstack-xds {sub} ")))

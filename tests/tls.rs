@@ -439,3 +439,135 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+/// `dualstack-xds nginx` with a fleet's certificate (`--tls-dir`), beside an nginx that
+/// is not running (the agent validates with `nginx -t`, writes the files, ACKs); its
+/// output directory and the process.
+fn nginx_agent(
+    work: &Path,
+    name: &str,
+    certs: &Path,
+    cluster: &str,
+    xds: SocketAddr,
+) -> (PathBuf, std::process::Child) {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = std::fs::read_to_string(repo_path("nginx/nginx.conf"))
+        .unwrap()
+        .replace(" run/", &format!(" {}/run/", dir.display()));
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_dualstack-xds"))
+        .args(["nginx", "--xds-address", &xds.to_string()])
+        .args(["--tls-dir", certs.to_str().unwrap()])
+        .args(["--tls-server-name", "localhost"])
+        .args([
+            "--node-id",
+            name,
+            "--cluster",
+            cluster,
+            "--families",
+            "IPv4",
+        ])
+        .arg("--config-dir")
+        .arg(dir.join("run"))
+        .arg("--nginx")
+        .arg(nginx_binary())
+        .arg("--nginx-conf")
+        .arg(dir.join("nginx.conf"))
+        .arg("--pid-file")
+        .arg(dir.join("run/nginx.pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (dir, child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nginx_agent_is_a_fleet_member_like_an_envoy() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    certs(&dir.join("certs"), &["ingress-ipv4", "ingress-ipv6"]);
+    let certs = dir.join("certs");
+    let port = free_port();
+    std::fs::create_dir(dir.join("manifests")).unwrap();
+    write_manifests(&dir.join("manifests"), port, "127.0.0.1:7".parse().unwrap());
+    let mut args = vec![
+        "--manifests".into(),
+        dir.join("manifests").display().to_string(),
+    ];
+    args.extend(tls_args(&certs.join("server")));
+    let serve = ServeProcess::start(tempfile::tempdir().unwrap(), &args);
+    serve.wait_ready().await;
+
+    // Its fleet's certificate: served, and its configuration written.
+    let (good, mut agent) = nginx_agent(
+        dir,
+        "nginx-1",
+        &certs.join("ingress-ipv4"),
+        "ingress-ipv4",
+        serve.xds,
+    );
+    let stream_conf = good.join("run/stream.conf");
+    let text = eventually("the agent wrote its configuration", WAIT, || async {
+        std::fs::read_to_string(&stream_conf)
+            .ok()
+            .filter(|t| t.contains("server 127.0.0.1:7;"))
+    })
+    .await;
+    assert!(text.contains(&format!("listen 0.0.0.0:{port};")), "{text}");
+    assert!(!text.contains("listen [::]"), "an IPv4 node: {text}");
+    let clients = eventually("the agent's stream, acked", WAIT, || async {
+        let (_, body) = serve.get("/debug/clients").await?;
+        let clients: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let nginx = clients
+            .as_array()?
+            .iter()
+            .find(|c| c["node_id"] == "nginx-1")?
+            .clone();
+        nginx["types"]
+            .as_array()?
+            .iter()
+            .all(|t| t["acked_version"].is_string())
+            .then_some(nginx)
+    })
+    .await;
+    assert_eq!(clients["user_agent"], "dualstack-xds-nginx");
+    assert_eq!(clients["kind"], "delta");
+
+    // Claiming the IPv6 fleet with the IPv4 fleet's certificate: refused, nothing
+    // written.
+    let (wrong, mut impostor) = nginx_agent(
+        dir,
+        "nginx-9",
+        &certs.join("ingress-ipv4"),
+        "ingress-ipv6",
+        serve.xds,
+    );
+    eventually("the refusal is counted", WAIT, || async {
+        (serve
+            .metric("dualstack_xds_authorization_denied_total{reason=\"mismatch\"}")
+            .await
+            >= 1)
+            .then_some(())
+    })
+    .await;
+    let log = eventually("the agent reports it", WAIT, || async {
+        std::fs::read_to_string(wrong.join("agent.log"))
+            .ok()
+            .filter(|l| l.contains("xDS stream failed"))
+    })
+    .await;
+    assert!(log.contains("nginx-9"), "{log}");
+    assert!(
+        !std::fs::read_to_string(wrong.join("run/stream.conf"))
+            .unwrap_or_default()
+            .contains("listen"),
+        "nothing served to the impostor"
+    );
+    for child in [&mut agent, &mut impostor] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

@@ -68,6 +68,7 @@ pub fn client_status(streams: &[StreamStatus], exclude_contents: bool) -> Client
                 node: Some(Node {
                     id: stream.node_id.clone(),
                     cluster: stream.cluster.clone(),
+                    user_agent_name: stream.user_agent.clone(),
                     ..Default::default()
                 }),
                 generic_xds_configs: generic,

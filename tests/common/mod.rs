@@ -733,3 +733,12 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The nginx binary the rig installed (Debian's, with the stream module). Missing is an
+/// error, never a skip.
+pub fn nginx_binary() -> PathBuf {
+    let path = std::env::var_os("DUALSTACK_XDS_NGINX").unwrap_or_else(|| {
+        panic!("DUALSTACK_XDS_NGINX is not set: run the tests through scripts/test.sh, which installs nginx")
+    });
+    PathBuf::from(path)
+}

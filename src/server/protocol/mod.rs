@@ -421,6 +421,11 @@ impl StreamCore {
                 .as_ref()
                 .map(|n| n.cluster.clone())
                 .unwrap_or_default(),
+            user_agent: self
+                .node
+                .as_ref()
+                .map(|n| n.user_agent_name.clone())
+                .unwrap_or_default(),
             group: self.group.clone(),
             kind,
             aggregated: self.scope == Scope::Aggregated,
@@ -438,6 +443,8 @@ impl StreamCore {
 pub struct StreamStatus {
     pub node_id: String,
     pub cluster: String,
+    /// The node's `user_agent_name`: `envoy`, `dualstack-xds-nginx`, a gRPC library.
+    pub user_agent: String,
     pub group: String,
     pub kind: StreamKind,
     pub aggregated: bool,
