@@ -34,6 +34,8 @@ const WEB: u16 = 12080;
 const GRPC: u16 = 12090;
 /// A port the operator's own server in nginx.conf holds.
 const USER: u16 = 12099;
+/// A port another process on the ingress host holds.
+const BUSY: u16 = 12098;
 const B_ECHO: u16 = 7007;
 const B_PROXY: u16 = 7009;
 const B_UDP: u16 = 7053;
@@ -73,9 +75,10 @@ fn start_backends(hosts: &Hosts) {
     }
 }
 
-/// The manifests: TCP, PROXY v1 and v2, UDP, HTTP and gRPC Services; `clash` adds an
-/// HTTP Service on the port the operator's own server holds.
-fn write_manifests(dir: &Path, primary: &str, clash: bool) {
+/// The manifests: TCP, PROXY v1 and v2, UDP, HTTP and gRPC Services; `extra` may add
+/// `clash` (an HTTP Service on the port the operator's own server holds) or `busy` (a TCP
+/// Service on a port another process holds).
+fn write_manifests(dir: &Path, primary: &str, extra: &str) {
     let service = |name: &str, port: u16, listener: u16| {
         manifests::service("t", name)
             .annotate(
@@ -99,7 +102,10 @@ fn write_manifests(dir: &Path, primary: &str, clash: bool) {
             .annotate("dualstack-xds.io/listener-ports", &format!("90={GRPC}"))
             .app_port("p", 90, "grpc"),
     ];
-    if clash {
+    if extra == "busy" {
+        objects.push(service("busy", 11, BUSY));
+    }
+    if extra == "clash" {
         objects.push(
             manifests::service("t", "clash")
                 .annotate("dualstack-xds.io/listener-ports", &format!("80={USER}"))
@@ -114,6 +120,7 @@ fn write_manifests(dir: &Path, primary: &str, clash: bool) {
         ("web", B_WEB, false),
         ("grpc", B_WEB, false),
         ("clash", B_WEB, false),
+        ("busy", B_ECHO, false),
     ] {
         for (family, addr) in [("IPv4", B4), ("IPv6", B6)] {
             let slice = manifests::slice("t", &format!("{svc}-{family}"), svc, family);
@@ -147,6 +154,7 @@ impl Agent {
             .args(["nginx", "--xds-address", &xds.to_string()])
             .args(["--node-id", "nginx-1", "--cluster", "ingress"])
             .args(["--config-dir", "run", "--debounce", "20ms"])
+            .args(["--reload-timeout", "2s"])
             .arg("--")
             .arg(nginx_binary())
             .args(["-p", &work.display().to_string(), "-c", "nginx.conf"])
@@ -264,7 +272,7 @@ async fn an_nginx_ingress_does_nat64_and_nat46_from_the_same_snapshot_as_envoy()
     let (xds_addr, stop_control_plane) =
         start_control_plane(&ing, sa("127.0.0.1", 0), &cache, &registry).await;
     let dir = tempfile::tempdir().unwrap();
-    write_manifests(dir.path(), "IPv4", false);
+    write_manifests(dir.path(), "IPv4", "");
     let mut manifests = ManifestPublisher::new(dir.path(), Family::IPv6, &cache);
     let mut agent = Agent::start(&ing, work.path(), xds_addr);
 
@@ -275,12 +283,13 @@ async fn an_nginx_ingress_does_nat64_and_nat46_from_the_same_snapshot_as_envoy()
     .await;
     assert_eq!(reply, "b4:hello", "{}", agent.log());
     // What a readiness probe checks: nginx took a configuration.
-    assert_eq!(
-        std::fs::read_to_string(work.path().join("run/applied"))
-            .unwrap()
-            .len(),
-        16
-    );
+    let applied = eventually(
+        "the generation recorded",
+        Duration::from_secs(10),
+        || async { std::fs::read_to_string(work.path().join("run/applied")).ok() },
+    )
+    .await;
+    assert_eq!(applied.len(), 16, "{applied}");
     assert_eq!(
         tcp_from(&c4, sa(ING_C4, ECHO), "v4").await.as_deref(),
         Some("b4:v4")
@@ -329,7 +338,7 @@ async fn an_nginx_ingress_does_nat64_and_nat46_from_the_same_snapshot_as_envoy()
 
     // A configuration nginx refuses: a Service on the port the operator's server holds.
     let good = http_conf;
-    write_manifests(dir.path(), "IPv4", true);
+    write_manifests(dir.path(), "IPv4", "clash");
     manifests.publish();
     let nack = eventually("the clash NACKed", Duration::from_secs(20), || async {
         nack_messages(&nginx_stream(&registry)?)
@@ -354,6 +363,34 @@ async fn an_nginx_ingress_does_nat64_and_nat46_from_the_same_snapshot_as_envoy()
         http_from(&c4, sa(ING_C4, USER)).await.as_deref(),
         Some("the operator's own\n")
     );
+
+    // A configuration `nginx -t` accepts but the master can't load: a port another
+    // process on the host holds. The reload never comes; reported, the previous one
+    // serves, and the files are back.
+    let squatter = bind_tcp(&ing, sa("0.0.0.0", BUSY));
+    write_manifests(dir.path(), "IPv4", "busy");
+    manifests.publish();
+    let nack = eventually("the busy port NACKed", Duration::from_secs(20), || async {
+        nack_messages(&nginx_stream(&registry)?)
+            .into_iter()
+            .find(|m| m.contains("nginx did not take the configuration"))
+    })
+    .await;
+    assert!(nack.contains("within 2s"), "{nack}");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("run/http.conf")).unwrap(),
+        good
+    );
+    assert!(
+        !std::fs::read_to_string(work.path().join("run/stream.conf"))
+            .unwrap()
+            .contains(&BUSY.to_string())
+    );
+    assert_eq!(
+        tcp_from(&c6, sa(ING_C6, ECHO), "still").await.as_deref(),
+        Some("b4:still")
+    );
+    drop(squatter);
 
     // The flip, under load, with a connection opened before it.
     let mut long_lived = {
@@ -399,7 +436,7 @@ async fn an_nginx_ingress_does_nat64_and_nat46_from_the_same_snapshot_as_envoy()
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    write_manifests(dir.path(), "IPv6", false);
+    write_manifests(dir.path(), "IPv6", "");
     manifests.publish();
     // NAT46: the IPv4-only client now reaches the IPv6-only backend.
     let reply = eventually("NAT46 after the flip", Duration::from_secs(30), || async {
@@ -466,7 +503,7 @@ async fn an_nginx_ingress_does_nat64_and_nat46_from_the_same_snapshot_as_envoy()
 
     // The control plane comes back where it was, with a flip back to IPv4 meanwhile: the
     // agent reconnects (with backoff) and nginx follows.
-    write_manifests(dir.path(), "IPv4", false);
+    write_manifests(dir.path(), "IPv4", "");
     manifests.publish();
     let (_, _stop) = start_control_plane(&ing, xds_addr, &cache, &registry).await;
     let reply = eventually(
@@ -480,11 +517,27 @@ async fn an_nginx_ingress_does_nat64_and_nat46_from_the_same_snapshot_as_envoy()
     )
     .await;
     assert_eq!(reply, "b4:back");
-    let status = nginx_stream(&registry).expect("reconnected");
-    assert!(
-        status.types.iter().all(|t| t.pending_nonce.is_none()),
-        "every response answered: {status:?}"
-    );
+    // Every response of the new stream answered once nginx serves it: ACKed, or (the
+    // clusters, which carry the PROXY v2 one) NACKed with the reason again.
+    eventually(
+        "every response answered",
+        Duration::from_secs(10),
+        || async {
+            let status = nginx_stream(&registry)?;
+            status
+                .types
+                .iter()
+                .all(|t| {
+                    t.pending_nonce.is_none()
+                        && (t.acked_version.is_some()
+                            || t.last_nack
+                                .as_ref()
+                                .is_some_and(|n| n.message.contains("t/pp2:10: PROXY protocol v2")))
+                })
+                .then_some(())
+        },
+    )
+    .await;
     drop(agent);
     drop(hosts);
 }

@@ -292,6 +292,78 @@ mod tests {
         assert_eq!(nginx_error("something else\n"), "something else");
     }
 
+    /// An "nginx" whose `-t` passes, or fails with an nginx-like message.
+    fn fake_nginx(ok: bool) -> Vec<OsString> {
+        let script = if ok {
+            "exit 0"
+        } else {
+            "echo 'nginx: [emerg] unknown directive \"bogus\" in /x/stream.conf:3' >&2; echo 'nginx: configuration file /x/nginx.conf test failed' >&2; exit 1"
+        };
+        ["sh", "-c", script, "nginx"].map(OsString::from).to_vec()
+    }
+
+    fn rendered(text: &str) -> Rendered {
+        Rendered {
+            stream: format!("stream {{\n{text}}}\n"),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_valid_configuration_is_written_once_and_a_refused_one_leaves_the_last_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let master = Master::PidFile(dir.path().join("none.pid"));
+        let mut nginx = Nginx::new(
+            dir.path(),
+            fake_nginx(true),
+            master.clone(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        nginx.prepare().unwrap();
+        assert!(dir.path().join(STREAM_FILE).exists() && dir.path().join(HTTP_FILE).exists());
+        assert!(!dir.path().join(APPLIED_FILE).exists(), "nothing taken yet");
+
+        // nginx is not running: written, valid, taken when it starts.
+        let good = rendered("    # a\n");
+        assert_eq!(nginx.apply(&good).await, Ok(Applied::Written));
+        let stream = std::fs::read_to_string(dir.path().join(STREAM_FILE)).unwrap();
+        assert!(stream.ends_with("stream {\n    # a\n}\n"));
+        let generation = files(&good, nginx.dir()).generation;
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(APPLIED_FILE)).unwrap(),
+            generation
+        );
+        // The same text again: nothing to do.
+        assert_eq!(nginx.apply(&good).await, Ok(Applied::Unchanged));
+
+        // `nginx -t` refuses: its message, and the previous files back.
+        let mut refusing = Nginx::new(
+            dir.path(),
+            fake_nginx(false),
+            master,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        refusing.generation = Some(generation.clone());
+        let error = refusing.apply(&rendered("    bogus;\n")).await.unwrap_err();
+        assert_eq!(error, "unknown directive \"bogus\" in /x/stream.conf:3");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(STREAM_FILE)).unwrap(),
+            stream
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(APPLIED_FILE)).unwrap(),
+            generation
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
     #[test]
     fn the_generation_follows_the_text_and_is_served_on_the_socket() {
         let a = Rendered {

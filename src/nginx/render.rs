@@ -180,11 +180,7 @@ impl Listen {
         };
         let v6 = sa.address.contains(':');
         Some(Listen {
-            address: if v6 {
-                format!("[{}]:{port}", sa.address)
-            } else {
-                format!("{}:{port}", sa.address)
-            },
+            address: socket(&sa.address, port)?,
             ipv6_only: v6 && !sa.ipv4_compat,
             udp: sa.protocol == socket_address::Protocol::Udp as i32,
         })
@@ -214,6 +210,40 @@ pub fn ident(prefix: &str, name: &str) -> String {
         .collect();
     let hash = xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32;
     format!("{prefix}_{clean}_{hash:08x}")
+}
+
+/// `name` as it may appear in a comment: one line of printable text. Names come from the
+/// control plane; nothing it sends is written into the configuration unchecked.
+fn comment(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// Whether `host` is a name nginx can match as given (`server_name`, a `hostnames` map):
+/// letters, digits, `-`, `.`, and a leading `*.` wildcard.
+pub fn host_ok(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+/// `address:port` as nginx writes it, when `address` is an IP address.
+fn socket(address: &str, port: u32) -> Option<String> {
+    let ip: std::net::IpAddr = address.parse().ok()?;
+    let port = u16::try_from(port).ok()?;
+    Some(std::net::SocketAddr::new(ip, port).to_string())
 }
 
 fn decode<M: Message + Name + Default>(any: &Any) -> Option<M> {
@@ -314,6 +344,7 @@ impl Renderer<'_> {
         let cla = &self.resources.endpoints[cluster];
         let mut primary = Vec::new();
         let mut backup = Vec::new();
+        let mut bad = Vec::new();
         for locality in &cla.endpoints {
             for e in &locality.lb_endpoints {
                 let serving = matches!(
@@ -335,10 +366,9 @@ impl Renderer<'_> {
                 if !serving {
                     continue;
                 }
-                let server = if sa.address.contains(':') {
-                    format!("[{}]:{port}", sa.address)
-                } else {
-                    format!("{}:{port}", sa.address)
+                let Some(server) = socket(&sa.address, port) else {
+                    bad.push(sa.address.clone());
+                    continue;
                 };
                 if locality.priority == 0 {
                     primary.push(server);
@@ -347,11 +377,21 @@ impl Renderer<'_> {
                 }
             }
         }
+        if let Some(address) = bad.first() {
+            self.refuse(
+                ResourceType::Endpoint,
+                cluster,
+                format!(
+                    "endpoint address {:?} is not an IP address",
+                    comment(address)
+                ),
+            );
+        }
         primary.sort();
         primary.dedup();
         backup.sort();
         backup.dedup();
-        let mut block = format!("    # {cluster}\n    upstream {name} {{\n");
+        let mut block = format!("    # {}\n    upstream {name} {{\n", comment(cluster));
         if primary.is_empty() {
             // No primary endpoint: the failover priority serves, as Envoy's would.
             primary = std::mem::take(&mut backup);
@@ -382,11 +422,7 @@ impl Renderer<'_> {
         http_ports: &mut BTreeMap<String, Vec<(String, Listen)>>,
     ) {
         let Some(listen) = Listen::of(listener) else {
-            self.refuse(
-                ResourceType::Listener,
-                name,
-                "not a socket address with a port",
-            );
+            self.refuse(ResourceType::Listener, name, "not an IP address and port");
             return;
         };
         // UDP: the UDP proxy listener filter and its one route.
@@ -427,7 +463,8 @@ impl Renderer<'_> {
             let up = self.upstream_block(&cluster, false);
             let _ = write!(
                 self.stream_servers,
-                "    # {name}\n    server {{\n{}        proxy_pass {up};\n        proxy_timeout {idle}s;\n    }}\n",
+                "    # {}\n    server {{\n{}        proxy_pass {up};\n        proxy_timeout {idle}s;\n    }}\n",
+                comment(name),
                 listen.directive("")
             );
             return;
@@ -468,7 +505,8 @@ impl Renderer<'_> {
                 let up = self.upstream_block(&cluster, false);
                 let _ = write!(
                     self.stream_servers,
-                    "    # {name}\n    server {{\n{}        proxy_pass {up};\n        proxy_connect_timeout {}ms;\n{proxy_protocol}    }}\n",
+                    "    # {}\n    server {{\n{}        proxy_pass {up};\n        proxy_connect_timeout {}ms;\n{proxy_protocol}    }}\n",
+                    comment(name),
                     listen.directive(""),
                     upstream.connect_timeout_ms,
                 );
@@ -534,7 +572,15 @@ impl Renderer<'_> {
             }
             let up = self.upstream_block(&cluster, false);
             for host in names {
-                entries.push((host, up.clone()));
+                if host_ok(&host) {
+                    entries.push((host, up.clone()));
+                } else {
+                    self.refuse(
+                        ResourceType::Listener,
+                        name,
+                        format!("{:?} is not a server name nginx can match", comment(&host)),
+                    );
+                }
             }
         }
         if proxy_protocol.len() > 1 {
@@ -553,7 +599,8 @@ impl Renderer<'_> {
             );
         }
         let mut map = format!(
-            "    # {name}: TLS server name -> upstream\n    map $ssl_preread_server_name {var} {{\n        hostnames;\n        default {CLOSED};\n"
+            "    # {}: TLS server name -> upstream\n    map $ssl_preread_server_name {var} {{\n        hostnames;\n        default {CLOSED};\n",
+            comment(name)
         );
         entries.sort();
         for (host, up) in &entries {
@@ -563,7 +610,8 @@ impl Renderer<'_> {
         self.maps.push_str(&map);
         let _ = write!(
             self.stream_servers,
-            "    # {name}\n    server {{\n{}        ssl_preread on;\n        proxy_pass {var};\n{}    }}\n",
+            "    # {}\n    server {{\n{}        ssl_preread on;\n        proxy_pass {var};\n{}    }}\n",
+            comment(name),
             listen.directive(""),
             if proxy_protocol.contains(&true) {
                 "        proxy_protocol on;\n"
@@ -627,7 +675,26 @@ impl Renderer<'_> {
                     continue;
                 }
             };
-            hosts.push((vhost.domains.clone(), action, vhost.name.clone()));
+            let mut domains = Vec::new();
+            for host in &vhost.domains {
+                if host == "*" || host_ok(host) {
+                    domains.push(host.clone());
+                } else {
+                    self.refuse(
+                        ResourceType::Route,
+                        route,
+                        format!(
+                            "virtual host {}: {:?} is not a host name nginx can match",
+                            comment(&vhost.name),
+                            comment(host)
+                        ),
+                    );
+                }
+            }
+            if domains.is_empty() {
+                continue;
+            }
+            hosts.push((domains, action, vhost.name.clone()));
         }
         let http2: BTreeSet<bool> = hosts
             .iter()
@@ -651,7 +718,7 @@ impl Renderer<'_> {
         };
         let params = if http2 { " http2" } else { "" };
         let has_default = hosts.iter().any(|(d, _, _)| d.iter().any(|h| h == "*"));
-        let names: Vec<&str> = listens.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<String> = listens.iter().map(|(n, _)| comment(n)).collect();
         let mut text = String::new();
         for (domains, action, vhost) in &hosts {
             let default = domains.iter().any(|h| h == "*");
@@ -662,8 +729,9 @@ impl Renderer<'_> {
                 .collect();
             let _ = write!(
                 text,
-                "    # {} -> {vhost}\n    server {{\n",
-                names.join(", ")
+                "    # {} -> {}\n    server {{\n",
+                names.join(", "),
+                comment(vhost)
             );
             for (_, listen) in listens {
                 text.push_str(&listen.directive(&format!(

@@ -11,6 +11,8 @@ use crate::sources::debounce::Instant;
 use crate::sources::manifest_watch::ManifestDir;
 use crate::sources::manifests::Filter;
 use crate::sources::{Sink, SourceEvent};
+use envoy_types::pb::envoy::config::core::v3::address;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint;
 
 fn filter() -> Filter {
     Filter {
@@ -330,4 +332,60 @@ fn what_has_not_arrived_is_missing_and_left_out() {
     let refs = references(&held);
     assert!(refs[&ResourceType::Endpoint].contains("infra/dns:53"));
     assert!(refs[&ResourceType::Route].contains("shop/web:80"));
+}
+
+#[test]
+fn text_from_the_control_plane_never_reaches_the_configuration_unchecked() {
+    use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+    let mut held = resources_of(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .as_path(),
+        "IPv4,IPv6",
+        Family::IPv4,
+    );
+    // A host that would end the directive and add one, an endpoint address that would
+    // too, and a name with a newline.
+    let route = held.routes.get_mut("shop/web:80").unwrap();
+    let mut evil = route.virtual_hosts[0].clone();
+    evil.name = "evil\n    include /etc/passwd;".into();
+    evil.domains = vec![
+        "a.example.com; include /etc/passwd".into(),
+        "ok.example.com".into(),
+    ];
+    route.virtual_hosts.push(VirtualHost { ..evil });
+    let cla = held.endpoints.get_mut("infra/dns:53").unwrap();
+    if let Some(lb_endpoint::HostIdentifier::Endpoint(e)) =
+        &mut cla.endpoints[0].lb_endpoints[0].host_identifier
+    {
+        if let Some(address::Address::SocketAddress(sa)) =
+            e.address.as_mut().and_then(|a| a.address.as_mut())
+        {
+            sa.address = "10.0.0.1:53; }\n}\ninclude /etc/passwd;".into();
+        }
+    }
+    let r = render(&held);
+    // Only ever inside a one-line comment.
+    for text in [&r.stream, &r.http] {
+        for line in text.lines() {
+            assert!(
+                line.trim_start().starts_with('#') || !line.contains("/etc/passwd"),
+                "{text}"
+            );
+        }
+    }
+    assert!(r.http.contains("server_name ok.example.com;"), "{}", r.http);
+    let reasons: Vec<&str> = r.refused.iter().map(|r| r.reason.as_str()).collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("is not a host name nginx can match")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("is not an IP address")),
+        "{reasons:?}"
+    );
+    assert!(host_ok("*.example.com") && host_ok("a-b.example.com"));
+    assert!(!host_ok("*") && !host_ok("~^regex$") && !host_ok("a b") && !host_ok(""));
 }
