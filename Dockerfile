@@ -14,6 +14,9 @@ RUN cargo build --release --locked --bin dualstack-xds
 FROM nginx:1.27-bookworm AS nginx-agent
 COPY --from=build /src/target/release/dualstack-xds /usr/local/bin/dualstack-xds
 USER 101:101
+# Forwarded to nginx: a graceful stop (workers finish their connections), as nginx's
+# own image stops it.
+STOPSIGNAL SIGQUIT
 ENTRYPOINT ["/usr/local/bin/dualstack-xds", "nginx"]
 
 # The control plane image (the default target).

@@ -521,6 +521,10 @@ fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
     assert!(nginx.starts_with("nginx:"));
     assert!(nginx.contains("COPY --from=build /src/target/release/dualstack-xds"));
     assert!(nginx.lines().any(|l| l == "USER 101:101"));
+    assert!(
+        nginx.lines().any(|l| l == "STOPSIGNAL SIGQUIT"),
+        "a graceful stop"
+    );
 }
 
 /// Every document of deploy/nginx/*.yaml, by kind/name.

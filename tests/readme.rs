@@ -716,7 +716,7 @@ fn the_readme_nginx_ingress_serves_the_examples_and_follows_the_flip() {
     }
     let stream = read("stream.conf").unwrap();
     assert!(
-        stream.contains("listen [::]:5353 udp ipv6only=on;"),
+        stream.contains("listen [::]:5353 udp reuseport ipv6only=on;"),
         "{stream}"
     );
     assert!(stream.contains("vault.example.com"), "{stream}");

@@ -155,14 +155,14 @@ async fn xds_loop(options: LoopOptions, mut nginx: Nginx) {
     let mut client = Client::new(options.node.clone());
     let mut backoff = Duration::from_millis(100);
     loop {
-        match session(&options, &mut client, &mut nginx).await {
-            Ok(received) => {
-                tracing::warn!("the control plane ended the stream");
-                if received {
-                    backoff = Duration::from_millis(100);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "xDS stream failed"),
+        let mut received = false;
+        match session(&options, &mut client, &mut nginx, &mut received).await {
+            Ok(()) => tracing::warn!("the control plane ended the stream"),
+            Err(e) => tracing::warn!(error = %e, "xDS stream failed"),
+        }
+        if received {
+            // The stream worked: the next failure starts the backoff again.
+            backoff = Duration::from_millis(100);
         }
         // Some jitter, so that a fleet does not come back in step.
         let jitter = Duration::from_millis(u64::from(std::process::id() % 100));
@@ -171,12 +171,13 @@ async fn xds_loop(options: LoopOptions, mut nginx: Nginx) {
     }
 }
 
-/// One stream; whether it received anything.
+/// One stream; `received` says whether it received anything.
 async fn session(
     options: &LoopOptions,
     client: &mut Client,
     nginx: &mut Nginx,
-) -> anyhow::Result<bool> {
+    received: &mut bool,
+) -> anyhow::Result<()> {
     let channel = options.endpoint.connect().await?;
     let mut ads = AggregatedDiscoveryServiceClient::new(channel)
         .max_decoding_message_size(256 << 20)
@@ -193,7 +194,6 @@ async fn session(
         .await?
         .into_inner();
     tracing::info!(node = %options.node.id, "connected to the control plane");
-    let mut received = false;
     // When to apply: after `debounce` of quiet, at most `debounce_max` after the first
     // response of a burst; a warming configuration waits up to `warming_timeout`.
     let mut apply_at: Option<Instant> = None;
@@ -201,8 +201,8 @@ async fn session(
     loop {
         tokio::select! {
             message = inbound.message() => {
-                let Some(response) = message? else { return Ok(received) };
-                received = true;
+                let Some(response) = message? else { return Ok(()) };
+                *received = true;
                 let now = Instant::now();
                 if apply_at.is_none() {
                     burst_start = now;
@@ -212,40 +212,62 @@ async fn session(
             }
             () = sleep_until(apply_at), if apply_at.is_some() => {
                 let now = Instant::now();
-                if client.warming() && now < burst_start + options.warming_timeout {
-                    apply_at = Some(burst_start + options.warming_timeout);
-                    continue;
+                if client.warming() {
+                    if now < burst_start + options.warming_timeout {
+                        apply_at = Some(burst_start + options.warming_timeout);
+                        continue;
+                    }
+                    // What has not come by now is applied when it comes.
+                    client.stop_warming();
                 }
                 apply_at = None;
-                let rendered = client.render();
-                for r in &rendered.refused {
-                    tracing::warn!(resource = %r.name, kind = r.ty.short_name(), reason = %r.reason, "not rendered for nginx");
-                }
-                if !rendered.missing.is_empty() {
-                    tracing::debug!(missing = ?rendered.missing, "referenced resources not received");
-                }
-                let outcome = if client.dirty() {
-                    match nginx.apply(&rendered).await {
-                        Ok(Applied::Reloaded(took)) => {
-                            tracing::info!(?took, "nginx reloaded");
-                            Outcome::Applied
-                        }
-                        Ok(Applied::Written) => {
-                            tracing::info!("configuration written; nginx is not running");
-                            Outcome::Applied
-                        }
-                        Ok(Applied::Unchanged) => Outcome::Applied,
-                        Err(reason) => {
-                            tracing::warn!(%reason, "nginx refused the configuration; the previous one stays");
-                            Outcome::Failed(reason)
-                        }
-                    }
-                } else {
-                    Outcome::Applied
-                };
-                send(client.applied(&outcome, &rendered.refused));
+                send(apply_batch(client, nginx).await);
             }
         }
+    }
+}
+
+/// Renders what the client holds, has nginx take it, and answers the batch's responses.
+async fn apply_batch(client: &mut Client, nginx: &mut Nginx) -> Vec<DeltaDiscoveryRequest> {
+    let rendered = client.render();
+    for r in &rendered.refused {
+        tracing::warn!(resource = %r.name, kind = r.ty.short_name(), reason = %r.reason, "not rendered for nginx");
+    }
+    if !rendered.missing.is_empty() {
+        tracing::debug!(missing = ?rendered.missing, "referenced resources not received");
+    }
+    if !client.dirty() {
+        return client.applied(&Outcome::Applied, &rendered.refused);
+    }
+    let reason = match nginx.apply(&rendered).await {
+        Ok(applied) => {
+            log_applied(applied);
+            return client.applied(&Outcome::Applied, &rendered.refused);
+        }
+        Err(reason) => reason,
+    };
+    tracing::warn!(%reason, "nginx refused the configuration; the previous one stays");
+    // The batch's endpoint changes and removals on what nginx holds: they must not be
+    // lost with the rest (the server sends nothing twice).
+    if let Some(fallback) = client.fallback() {
+        let partial = super::render::render(&fallback);
+        match nginx.apply(&partial).await {
+            Ok(applied) => {
+                log_applied(applied);
+                tracing::info!("applied the batch's endpoint changes and removals alone");
+                return client.applied_fallback(&reason, &partial.refused);
+            }
+            Err(again) => tracing::warn!(reason = %again, "nginx refused those too"),
+        }
+    }
+    client.applied(&Outcome::Failed(reason), &rendered.refused)
+}
+
+fn log_applied(applied: Applied) {
+    match applied {
+        Applied::Reloaded(took) => tracing::info!(?took, "nginx reloaded"),
+        Applied::Written => tracing::info!("configuration written; nginx is not running"),
+        Applied::Unchanged => {}
     }
 }
 

@@ -181,6 +181,25 @@ impl Nginx {
             return Ok(Applied::Written);
         };
         let start = Instant::now();
+        // nginx handles SIGHUP only once it has started (before, the signal ends it): wait
+        // until it answers; it may answer the new generation already (it read the files
+        // while starting).
+        loop {
+            match self.current_generation().await {
+                Some(g) if g == files.generation => {
+                    self.took(files.generation);
+                    return Ok(Applied::Reloaded(start.elapsed()));
+                }
+                Some(_) => break,
+                None if start.elapsed() > self.reload_timeout => {
+                    return Err(restore(format!(
+                        "nginx (pid {pid}) does not answer on {}: its main configuration must include {HTTP_FILE} inside http {{}}",
+                        self.dir.join(GENERATION_SOCKET).display()
+                    )));
+                }
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
         if kill(pid, Signal::SIGHUP).is_err() {
             self.took(files.generation);
             return Ok(Applied::Written);
@@ -192,10 +211,13 @@ impl Nginx {
                 return Ok(Applied::Reloaded(took));
             }
             if start.elapsed() > self.reload_timeout {
-                return Err(restore(format!(
+                let error = restore(format!(
                     "nginx did not take the configuration within {:?} of the reload signal (its error log says why: a port it can't bind, for instance)",
                     self.reload_timeout
-                )));
+                ));
+                // Should the reload still come, nginx goes back to the restored files.
+                let _ = kill(pid, Signal::SIGHUP);
+                return Err(error);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

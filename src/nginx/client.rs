@@ -4,10 +4,13 @@
 //!
 //! Responses are taken as they come and answered in batches: the agent renders and
 //! applies once a burst is over, then answers every response of the batch. When nginx
-//! refuses the batch, the resources go back to the last configuration nginx took (what
-//! Envoy does with a rejected update), so one bad resource does not hold back the next
-//! good change; a response that carried a resource nginx can't express is NACKed with the
-//! reason while the rest of it is applied.
+//! refuses the batch, the agent falls back to the last configuration nginx took with the
+//! batch's endpoint changes and removals (which can't make a configuration invalid; the
+//! server sends nothing twice, so they must not be lost with the rest), ACKs those and
+//! NACKs the listeners, clusters and routes of the batch (what Envoy does with a rejected
+//! update); so one bad resource does not hold back the next good change. A response that
+//! carried a resource nginx can't express is NACKed with the reason while the rest of it
+//! is applied.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -28,10 +31,14 @@ const NAMED: [ResourceType; 2] = [ResourceType::Endpoint, ResourceType::Route];
 /// A received response not answered yet.
 #[derive(Clone, Debug)]
 struct Pending {
-    ty: ResourceType,
+    /// As the response said it (the answer echoes it).
+    type_url: String,
+    ty: Option<ResourceType>,
     nonce: String,
-    /// Names the response carried (added or removed).
-    names: BTreeSet<String>,
+    /// Names the response added or changed.
+    added: BTreeSet<String>,
+    /// Names it removed.
+    removed: BTreeSet<String>,
     /// Resources that did not decode.
     errors: Vec<String>,
 }
@@ -120,17 +127,21 @@ impl Client {
     pub fn receive(&mut self, response: DeltaDiscoveryResponse) -> Vec<DeltaDiscoveryRequest> {
         let Some(ty) = ResourceType::from_type_url(&response.type_url) else {
             self.pending.push(Pending {
-                ty: ResourceType::Listener,
-                nonce: response.nonce,
-                names: BTreeSet::new(),
                 errors: vec![format!("type {} was not asked for", response.type_url)],
+                type_url: response.type_url,
+                ty: None,
+                nonce: response.nonce,
+                added: BTreeSet::new(),
+                removed: BTreeSet::new(),
             });
             return Vec::new();
         };
         let mut pending = Pending {
-            ty,
+            type_url: response.type_url,
+            ty: Some(ty),
             nonce: response.nonce,
-            names: BTreeSet::new(),
+            added: BTreeSet::new(),
+            removed: BTreeSet::new(),
             errors: Vec::new(),
         };
         for resource in response.resources {
@@ -144,7 +155,7 @@ impl Client {
                         .entry(ty)
                         .or_default()
                         .insert(resource.name.clone(), resource.version);
-                    pending.names.insert(resource.name);
+                    pending.added.insert(resource.name);
                     self.dirty = true;
                 }
                 Err(e) => pending.errors.push(e),
@@ -156,7 +167,7 @@ impl Client {
             if let Some(v) = self.versions.get_mut(&ty) {
                 v.remove(&name);
             }
-            pending.names.insert(name);
+            pending.removed.insert(name);
             self.dirty = true;
         }
         self.pending.push(pending);
@@ -203,10 +214,20 @@ impl Client {
         !self.pending.is_empty()
     }
 
-    /// Whether names subscribed to have not arrived yet: a listener whose cluster's
-    /// endpoints are on their way is better applied with them.
+    /// Whether names subscribed to have not arrived yet and can: a listener whose
+    /// cluster's endpoints are on their way is better applied with them. The server sends
+    /// one response per type at a time, so a name whose type has a response waiting for
+    /// this batch's answer can't arrive before it: no use waiting.
     pub fn warming(&self) -> bool {
-        !self.awaiting.is_empty()
+        self.awaiting
+            .iter()
+            .any(|(ty, _)| !self.pending.iter().any(|p| p.ty == Some(*ty)))
+    }
+
+    /// Stops waiting for what has not arrived (a name the server does not have is never
+    /// answered); it is applied when it comes.
+    pub fn stop_warming(&mut self) {
+        self.awaiting.clear();
     }
 
     /// Whether something changed since nginx last took a configuration.
@@ -233,19 +254,103 @@ impl Client {
         outcome: &Outcome,
         refused: &[Refused],
     ) -> Vec<DeltaDiscoveryRequest> {
+        let failed = match outcome {
+            Outcome::Applied => None,
+            Outcome::Failed(reason) => Some(reason.as_str()),
+        };
+        let requests = self.answer(refused, |_| failed);
+        self.dirty = false;
+        match outcome {
+            Outcome::Applied => {
+                self.good = self.held.clone();
+                self.good_versions = self.versions.clone();
+                requests
+            }
+            Outcome::Failed(_) => {
+                let good = (self.good.clone(), self.good_versions.clone());
+                self.rollback_to(good, requests)
+            }
+        }
+    }
+
+    /// After nginx refused the batch: what nginx took last with the batch's endpoint
+    /// changes and removals, when that differs from what nginx took last.
+    pub fn fallback(&self) -> Option<Resources> {
+        let (resources, _) = self.fallback_state();
+        (resources != self.good).then_some(resources)
+    }
+
+    fn fallback_state(&self) -> (Resources, BTreeMap<ResourceType, BTreeMap<String, String>>) {
+        let mut resources = self.good.clone();
+        let mut versions = self.good_versions.clone();
+        for pending in &self.pending {
+            let Some(ty) = pending.ty else { continue };
+            for name in &pending.removed {
+                resources.remove(ty, name);
+                if let Some(v) = versions.get_mut(&ty) {
+                    v.remove(name);
+                }
+            }
+            if ty != ResourceType::Endpoint {
+                continue;
+            }
+            for name in &pending.added {
+                match self.held.endpoints.get(name) {
+                    Some(cla) => {
+                        resources.endpoints.insert(name.clone(), cla.clone());
+                        if let Some(version) = self.versions.get(&ty).and_then(|v| v.get(name)) {
+                            versions
+                                .entry(ty)
+                                .or_default()
+                                .insert(name.clone(), version.clone());
+                        }
+                    }
+                    None => resources.remove(ty, name),
+                }
+            }
+        }
+        (resources, versions)
+    }
+
+    /// nginx took [`Client::fallback`] after refusing the batch: the endpoint responses
+    /// and those that only removed are ACKed, the others NACKed with `reason`.
+    pub fn applied_fallback(
+        &mut self,
+        reason: &str,
+        refused: &[Refused],
+    ) -> Vec<DeltaDiscoveryRequest> {
+        let state = self.fallback_state();
+        let requests = self.answer(refused, |p| {
+            (p.ty != Some(ResourceType::Endpoint) && !p.added.is_empty()).then_some(reason)
+        });
+        self.dirty = false;
+        self.good = state.0.clone();
+        self.good_versions = state.1.clone();
+        self.rollback_to(state, requests)
+    }
+
+    /// The answer to every pending response; `failed` says which the batch's failure
+    /// NACKs.
+    fn answer<'r>(
+        &mut self,
+        refused: &[Refused],
+        failed: impl Fn(&Pending) -> Option<&'r str>,
+    ) -> Vec<DeltaDiscoveryRequest> {
         let mut requests = Vec::new();
         for pending in std::mem::take(&mut self.pending) {
-            let mut errors = pending.errors;
+            let mut errors = pending.errors.clone();
             for r in refused {
-                if r.ty == pending.ty && pending.names.contains(&r.name) {
+                if Some(r.ty) == pending.ty
+                    && (pending.added.contains(&r.name) || pending.removed.contains(&r.name))
+                {
                     errors.push(format!("{}: {}", r.name, r.reason));
                 }
             }
-            if let Outcome::Failed(reason) = outcome {
+            if let Some(reason) = failed(&pending) {
                 errors.push(format!("nginx refused the configuration: {reason}"));
             }
             requests.push(DeltaDiscoveryRequest {
-                type_url: pending.ty.type_url().to_owned(),
+                type_url: pending.type_url,
                 response_nonce: pending.nonce,
                 error_detail: (!errors.is_empty()).then(|| RpcStatus {
                     // INVALID_ARGUMENT, as Envoy reports a rejected update.
@@ -256,19 +361,17 @@ impl Client {
                 ..Default::default()
             });
         }
-        match outcome {
-            Outcome::Applied => {
-                self.good = self.held.clone();
-                self.good_versions = self.versions.clone();
-                self.dirty = false;
-            }
-            Outcome::Failed(_) => {
-                self.held = self.good.clone();
-                self.versions = self.good_versions.clone();
-                self.dirty = false;
-                requests.extend(self.follow());
-            }
-        }
+        requests
+    }
+
+    /// Holds `state` (what nginx serves) and follows what it references.
+    fn rollback_to(
+        &mut self,
+        state: (Resources, BTreeMap<ResourceType, BTreeMap<String, String>>),
+        mut requests: Vec<DeltaDiscoveryRequest>,
+    ) -> Vec<DeltaDiscoveryRequest> {
+        (self.held, self.versions) = state;
+        requests.extend(self.follow());
         requests
     }
 }

@@ -188,12 +188,18 @@ impl Listen {
 
     /// The `listen` directive, with `extra` parameters.
     fn directive(&self, extra: &str) -> String {
+        self.directive_with(extra, true)
+    }
+
+    /// The same; socket options (`ipv6only`) only with `options`: nginx takes them once
+    /// per address, so of the servers sharing a port only the first says them.
+    fn directive_with(&self, extra: &str, options: bool) -> String {
         let mut d = format!("        listen {}", self.address);
         if self.udp {
             d.push_str(" udp");
         }
         d.push_str(extra);
-        if self.ipv6_only {
+        if self.ipv6_only && options {
             d.push_str(" ipv6only=on");
         }
         d.push_str(";\n");
@@ -465,7 +471,8 @@ impl Renderer<'_> {
                 self.stream_servers,
                 "    # {}\n    server {{\n{}        proxy_pass {up};\n        proxy_timeout {idle}s;\n    }}\n",
                 comment(name),
-                listen.directive("")
+                // One socket per worker, so a client's datagrams stay with one worker.
+                listen.directive(" reuseport")
             );
             return;
         }
@@ -720,6 +727,8 @@ impl Renderer<'_> {
         let has_default = hosts.iter().any(|(d, _, _)| d.iter().any(|h| h == "*"));
         let names: Vec<String> = listens.iter().map(|(n, _)| comment(n)).collect();
         let mut text = String::new();
+        // Addresses whose socket options are said.
+        let mut optioned = BTreeSet::new();
         for (domains, action, vhost) in &hosts {
             let default = domains.iter().any(|h| h == "*");
             let server_names: Vec<&str> = domains
@@ -734,10 +743,10 @@ impl Renderer<'_> {
                 comment(vhost)
             );
             for (_, listen) in listens {
-                text.push_str(&listen.directive(&format!(
-                    "{params}{}",
-                    if default { " default_server" } else { "" }
-                )));
+                text.push_str(&listen.directive_with(
+                    &format!("{params}{}", if default { " default_server" } else { "" }),
+                    optioned.insert(listen.address.clone()),
+                ));
             }
             if !server_names.is_empty() {
                 let _ = writeln!(text, "        server_name {};", server_names.join(" "));
@@ -775,7 +784,10 @@ impl Renderer<'_> {
                 names.join(", ")
             );
             for (_, listen) in listens {
-                text.push_str(&listen.directive(&format!("{params} default_server")));
+                text.push_str(&listen.directive_with(
+                    &format!("{params} default_server"),
+                    optioned.insert(listen.address.clone()),
+                ));
             }
             text.push_str("        return 404;\n    }\n");
         }

@@ -251,3 +251,128 @@ fn a_resource_that_does_not_decode_is_nacked() {
         .message
         .starts_with("t/a:80: "));
 }
+
+#[test]
+fn when_nginx_refuses_a_batch_its_endpoint_changes_and_removals_are_kept() {
+    let mut c = Client::new(node());
+    c.start();
+    c.receive(response(
+        ResourceType::Cluster,
+        "1",
+        vec![cluster("t/a:80"), cluster("t/gone:82")],
+    ));
+    c.receive(response(
+        ResourceType::Endpoint,
+        "2",
+        vec![cla("t/a:80", "e1"), cla("t/gone:82", "e1")],
+    ));
+    c.applied(&Outcome::Applied, &[]);
+
+    // One burst: a cluster nginx will refuse, a flip of t/a's endpoints, a removal.
+    c.receive(response(
+        ResourceType::Cluster,
+        "3",
+        vec![cluster("t/bad:81")],
+    ));
+    c.receive(DeltaDiscoveryResponse {
+        type_url: ResourceType::Cluster.type_url().into(),
+        nonce: "4".into(),
+        removed_resources: vec!["t/gone:82".into()],
+        ..Default::default()
+    });
+    c.receive(response(
+        ResourceType::Endpoint,
+        "5",
+        vec![cla("t/a:80", "e2")],
+    ));
+    let fallback = c.fallback().expect("something to keep");
+    assert!(!fallback.clusters.contains_key("t/bad:81"));
+    assert!(!fallback.clusters.contains_key("t/gone:82"));
+    assert!(fallback.clusters.contains_key("t/a:80"));
+
+    let answers = c.applied_fallback("a duplicate listen", &[]);
+    let by_nonce = |n: &str| answers.iter().find(|a| a.response_nonce == n).unwrap();
+    assert!(by_nonce("3")
+        .error_detail
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("nginx refused the configuration: a duplicate listen"));
+    assert!(by_nonce("4").error_detail.is_none(), "a removal is kept");
+    assert!(
+        by_nonce("5").error_detail.is_none(),
+        "the endpoint change is kept"
+    );
+    assert_eq!(c.resources(), &fallback);
+    // No longer following the refused cluster's endpoints (the removed one's were
+    // dropped when it went), nor following the removed one again.
+    let unsubscribed: Vec<&String> = answers
+        .iter()
+        .flat_map(|a| &a.resource_names_unsubscribe)
+        .collect();
+    assert_eq!(unsubscribed, ["t/bad:81"]);
+    assert!(answers
+        .iter()
+        .all(|a| a.resource_names_subscribe.is_empty()));
+    // A reconnect resumes from what nginx serves.
+    let start = c.start();
+    let eds = start
+        .iter()
+        .find(|r| r.type_url == ResourceType::Endpoint.type_url())
+        .unwrap();
+    assert_eq!(
+        eds.initial_resource_versions
+            .get("t/a:80")
+            .map(String::as_str),
+        Some("e2")
+    );
+}
+
+#[test]
+fn warming_waits_only_for_what_the_server_can_send() {
+    let mut c = Client::new(node());
+    c.start();
+    c.receive(response(
+        ResourceType::Cluster,
+        "1",
+        vec![cluster("t/a:80")],
+    ));
+    c.receive(response(
+        ResourceType::Endpoint,
+        "2",
+        vec![cla("t/a:80", "e1")],
+    ));
+    c.applied(&Outcome::Applied, &[]);
+    // An endpoint update and, in the same burst, a new cluster: its endpoints can't come
+    // before the update is answered (one response per type in flight).
+    c.receive(response(
+        ResourceType::Endpoint,
+        "3",
+        vec![cla("t/a:80", "e2")],
+    ));
+    c.receive(response(
+        ResourceType::Cluster,
+        "4",
+        vec![cluster("t/b:80")],
+    ));
+    assert!(!c.warming());
+    c.applied(&Outcome::Applied, &[]);
+    // Now they can come: wait for them, until told to stop.
+    assert!(c.warming());
+    c.stop_warming();
+    assert!(!c.warming());
+}
+
+#[test]
+fn a_response_of_a_type_not_asked_for_is_nacked_under_its_own_type() {
+    let mut c = Client::new(node());
+    c.start();
+    c.receive(DeltaDiscoveryResponse {
+        type_url: "type.googleapis.com/some.Other".into(),
+        nonce: "1".into(),
+        ..Default::default()
+    });
+    let answers = c.applied(&Outcome::Applied, &[]);
+    assert_eq!(answers[0].type_url, "type.googleapis.com/some.Other");
+    assert!(answers[0].error_detail.is_some());
+}

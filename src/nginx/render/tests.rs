@@ -189,9 +189,11 @@ fn udp_ports_listen_udp() {
     let r = yaml(&service("dns", 53, "UDP", "", ""), "IPv4,IPv6");
     assert!(r.refused.is_empty(), "{:?}", r.refused);
     let v4 = block(&r.stream, "# t/dns:53:ipv4");
-    assert!(v4.contains("listen 0.0.0.0:53 udp;"), "{v4}");
+    assert!(v4.contains("listen 0.0.0.0:53 udp reuseport;"), "{v4}");
     assert!(v4.contains("proxy_timeout"), "{v4}");
-    assert!(r.stream.contains("listen [::]:53 udp ipv6only=on;"));
+    assert!(r
+        .stream
+        .contains("listen [::]:53 udp reuseport ipv6only=on;"));
 }
 
 #[test]
