@@ -55,6 +55,8 @@ impl Workspace {
         for sub in ["examples", "envoy", "nginx"] {
             copy_dir(&common::repo_path(sub), &dir.path().join(sub));
         }
+        // As a fresh clone has it: nothing a local run of the README left behind.
+        let _ = std::fs::remove_dir_all(dir.path().join("nginx/run"));
         // Outside the watched directory: where files are prepared before `cp` or `mv`.
         std::fs::create_dir(dir.path().join("staging")).unwrap();
         Workspace {

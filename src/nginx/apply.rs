@@ -134,11 +134,18 @@ impl Nginx {
     /// that was killed, which would keep a new one from starting.
     pub fn prepare(&mut self) -> anyhow::Result<()> {
         let empty = files(&Rendered::default(), &self.dir);
-        for (name, text) in [(STREAM_FILE, &empty.stream), (HTTP_FILE, &empty.http)] {
-            let path = self.dir.join(name);
-            if !path.exists() {
-                write_atomic(&path, text)?;
+        // Files written for another directory (copied, or the directory moved) would have
+        // nginx answer the generation elsewhere: start from empty ones then.
+        let ours = format!("listen unix:{}/{GENERATION_SOCKET};", self.dir.display());
+        let current = std::fs::read_to_string(self.dir.join(HTTP_FILE)).ok();
+        let keep = current.as_deref().is_some_and(|t| t.contains(&ours))
+            && self.dir.join(STREAM_FILE).exists();
+        if !keep {
+            if current.is_some() {
+                tracing::warn!(dir = %self.dir.display(), "{HTTP_FILE} was written for another directory; starting from empty files");
             }
+            write_atomic(&self.dir.join(STREAM_FILE), &empty.stream)?;
+            write_atomic(&self.dir.join(HTTP_FILE), &empty.http)?;
         }
         if self.master.pid().is_none() {
             let _ = std::fs::remove_file(self.dir.join(GENERATION_SOCKET));
@@ -342,8 +349,20 @@ mod tests {
             Duration::from_secs(1),
         )
         .unwrap();
+        // Files of another directory are not kept.
+        std::fs::write(
+            dir.path().join(HTTP_FILE),
+            "    server {\n        listen unix:/elsewhere/generation.sock;\n    }\n",
+        )
+        .unwrap();
         nginx.prepare().unwrap();
-        assert!(dir.path().join(STREAM_FILE).exists() && dir.path().join(HTTP_FILE).exists());
+        assert!(dir.path().join(STREAM_FILE).exists());
+        assert!(std::fs::read_to_string(dir.path().join(HTTP_FILE))
+            .unwrap()
+            .contains(&format!(
+                "listen unix:{}/generation.sock;",
+                nginx.dir().display()
+            )));
         assert!(!dir.path().join(APPLIED_FILE).exists(), "nothing taken yet");
 
         // nginx is not running: written, valid, taken when it starts.
