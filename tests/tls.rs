@@ -535,6 +535,28 @@ async fn an_nginx_agent_is_a_fleet_member_like_an_envoy() {
     .await;
     assert_eq!(clients["user_agent"], "dualstack-xds-nginx");
     assert_eq!(clients["kind"], "delta");
+    // CSDS shows it to its fleet as an nginx node, with what it holds.
+    let fleet = tls_channel(
+        serve.xds,
+        &certs.join("ca.crt"),
+        Some(&certs.join("ingress-ipv4")),
+    )
+    .await
+    .unwrap();
+    let status = ClientStatusDiscoveryServiceClient::new(fleet)
+        .fetch_client_status(ClientStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let node = status.config[0].node.clone().unwrap();
+    assert_eq!(
+        (node.id.as_str(), node.user_agent_name.as_str()),
+        ("nginx-1", "dualstack-xds-nginx")
+    );
+    assert!(status.config[0]
+        .generic_xds_configs
+        .iter()
+        .any(|c| c.name == format!("shop/echo:80:ipv4")));
 
     // Claiming the IPv6 fleet with the IPv4 fleet's certificate: refused, nothing
     // written.
