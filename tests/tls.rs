@@ -556,7 +556,7 @@ async fn an_nginx_agent_is_a_fleet_member_like_an_envoy() {
     assert!(status.config[0]
         .generic_xds_configs
         .iter()
-        .any(|c| c.name == format!("shop/echo:80:ipv4")));
+        .any(|c| c.name == "shop/echo:80:ipv4"));
 
     // Claiming the IPv6 fleet with the IPv4 fleet's certificate: refused, nothing
     // written.
