@@ -145,9 +145,10 @@ impl Frames {
     fn write(&mut self, resource: &Resource) {
         let any = resource.encoded_any();
         if self.delta {
-            let version = resource.version().to_string();
+            let version = resource.version().hex();
             put_header(tag::RESOURCES, delta_resource_len(resource), &mut self.buf);
-            put_string(tag::RESOURCE_VERSION, &version, &mut self.buf);
+            put_header(tag::RESOURCE_VERSION, version.len(), &mut self.buf);
+            self.buf.put_slice(&version);
             put_header(tag::RESOURCE_BODY, any.len(), &mut self.buf);
         } else {
             put_header(tag::RESOURCES, any.len(), &mut self.buf);

@@ -124,11 +124,27 @@ impl Version {
     fn of_bytes(bytes: &[u8]) -> Self {
         Version(xxhash_rust::xxh3::xxh3_128(bytes))
     }
+
+    /// The version as its 32 lowercase hex digits (what `Display` writes), without
+    /// allocating: Delta responses carry one per resource, to every stream.
+    pub fn hex(&self) -> [u8; 32] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (i, digit) in out.iter_mut().enumerate() {
+            *digit = DIGITS[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
+        }
+        out
+    }
+
+    /// Whether `text` is this version as `Display` writes it.
+    pub fn is(&self, text: &str) -> bool {
+        text.as_bytes() == self.hex()
+    }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        f.write_str(std::str::from_utf8(&self.hex()).expect("hex digits"))
     }
 }
 

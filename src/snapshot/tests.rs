@@ -152,3 +152,22 @@ fn listener_references_its_rds_route() {
     let t = tcp_listener("t", "0.0.0.0", 81, "c");
     assert!(XdsResource::references(&t).is_empty());
 }
+
+#[test]
+fn a_version_is_written_as_32_hex_digits_without_formatting() {
+    for value in [
+        0u128,
+        1,
+        0xdead_beef,
+        u128::MAX,
+        0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+    ] {
+        let version = Version(value);
+        let expected = format!("{value:032x}");
+        assert_eq!(version.hex(), expected.as_bytes());
+        assert_eq!(version.to_string(), expected);
+        assert!(version.is(&expected));
+        assert!(!version.is(&format!("{:032x}", value ^ 1)));
+        assert!(!version.is(&expected[1..]));
+    }
+}

@@ -121,7 +121,10 @@ impl DeltaStream {
             None => {
                 let known = std::mem::take(&mut self.initial_versions[ty.index()]);
                 for resource in state.subscribed(current) {
-                    if known.get(&**resource.name()) != Some(&resource.version().to_string()) {
+                    if !known
+                        .get(&**resource.name())
+                        .is_some_and(|v| resource.version().is(v))
+                    {
                         upserts.insert(resource.name(), resource);
                     }
                 }
