@@ -20,8 +20,13 @@ use serde_json::Value;
 
 /// Every document of deploy/*.yaml (kustomization.yaml aside), by kind/name.
 fn documents() -> BTreeMap<String, Value> {
+    documents_in("deploy")
+}
+
+/// Every document of the YAML files of `dir` (kustomization.yaml aside), by kind/name.
+fn documents_in(dir: &str) -> BTreeMap<String, Value> {
     let mut docs = BTreeMap::new();
-    for entry in std::fs::read_dir(repo_path("deploy")).unwrap() {
+    for entry in std::fs::read_dir(repo_path(dir)).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().and_then(|e| e.to_str()) != Some("yaml")
             || path.file_name().unwrap() == "kustomization.yaml"
@@ -527,32 +532,9 @@ fn the_dockerfile_is_multi_stage_and_runs_as_non_root() {
     );
 }
 
-/// Every document of deploy/nginx/*.yaml, by kind/name.
-fn nginx_documents() -> BTreeMap<String, Value> {
-    let mut docs = BTreeMap::new();
-    for entry in std::fs::read_dir(repo_path("deploy/nginx")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("yaml")
-            || path.file_name().unwrap() == "kustomization.yaml"
-        {
-            continue;
-        }
-        for doc in serde_yaml_ng::Deserializer::from_str(&std::fs::read_to_string(&path).unwrap()) {
-            let value = Value::deserialize(doc).unwrap();
-            let key = format!(
-                "{}/{}",
-                value["kind"].as_str().unwrap(),
-                value["metadata"]["name"].as_str().unwrap()
-            );
-            assert!(docs.insert(key.clone(), value).is_none(), "{key} twice");
-        }
-    }
-    docs
-}
-
 #[test]
 fn nginx_fleets_run_the_agent_under_the_aks_constraints() {
-    let docs = nginx_documents();
+    let docs = documents_in("deploy/nginx");
     let base = documents();
     let kustomization: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(repo_path("deploy/nginx/kustomization.yaml")).unwrap(),

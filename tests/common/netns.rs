@@ -180,3 +180,24 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// A backend that answers with `tag` and the PROXY protocol v1 line it received.
+pub fn serve_proxy_reader(listener: tokio::net::TcpListener, tag: &'static str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                while !line.ends_with(b"\r\n") {
+                    match s.read(&mut byte).await {
+                        Ok(1) => line.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let reply = format!("{tag}{}", String::from_utf8_lossy(&line).trim_end());
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+}
