@@ -8,9 +8,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -168,50 +166,9 @@ async fn nat64_and_nat46_across_single_family_hosts() {
     );
 
     // A connection opened before the flip, and continuous load during it.
-    let long_lived = {
-        let c6 = c6.clone();
-        tokio::task::spawn_blocking(move || {
-            in_netns(&c6, || {
-                std::net::TcpStream::connect_timeout(&sa(ING_C6, ECHO), Duration::from_secs(2))
-                    .unwrap()
-            })
-        })
-        .await
-        .unwrap()
-    };
-    let mut long_lived = long_lived;
-    long_lived
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .unwrap();
-    let roundtrip = |s: &mut std::net::TcpStream, msg: &str| -> String {
-        s.write_all(msg.as_bytes()).unwrap();
-        let mut buf = [0u8; 256];
-        let n = s.read(&mut buf).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
-    assert_eq!(roundtrip(&mut long_lived, "before"), "b4:before");
-
-    let failures = Arc::new(AtomicUsize::new(0));
-    let seen = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (c6, failures, seen, stop) = (c6.clone(), failures.clone(), seen.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut sent = 0;
-            while !stop.load(Ordering::Relaxed) {
-                sent += 1;
-                match tcp_from(&c6, sa(ING_C6, ECHO), "load").await {
-                    Some(r) => {
-                        seen.lock().unwrap().insert(r);
-                    }
-                    None => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            sent
-        })
-    };
+    let mut long_lived = LongLived::open(&c6, sa(ING_C6, ECHO)).await;
+    assert_eq!(long_lived.roundtrip("before"), "b4:before");
+    let load = Load::start(&c6, sa(ING_C6, ECHO), "load");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cds = envoy.stat("cluster_manager.cds.update_success").await;
     write_manifests(dir.path(), "IPv6");
@@ -225,20 +182,15 @@ async fn nat64_and_nat46_across_single_family_hosts() {
     .await;
     assert_eq!(reply, "b6:v4 client");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let sent = load.await.unwrap();
+    let (sent, failed, seen) = load.stop().await;
+    assert_eq!(failed, 0, "requests failed during the flip (of {sent})");
     assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "requests failed during the flip (of {sent})"
-    );
-    assert_eq!(
-        *seen.lock().unwrap(),
+        seen,
         BTreeSet::from(["b4:load".to_string(), "b6:load".to_string()]),
         "the load crossed the flip"
     );
     // The old connection keeps working, still to its original backend.
-    assert_eq!(roundtrip(&mut long_lived, "after"), "b4:after");
+    assert_eq!(long_lived.roundtrip("after"), "b4:after");
     assert_eq!(
         envoy.stat("cluster_manager.cds.update_success").await,
         cds,

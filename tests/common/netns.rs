@@ -201,3 +201,66 @@ pub fn serve_proxy_reader(listener: tokio::net::TcpListener, tag: &'static str) 
         }
     });
 }
+
+/// A TCP connection from a client host, kept open across a change.
+pub struct LongLived(std::net::TcpStream);
+
+impl LongLived {
+    pub async fn open(ns: &str, to: SocketAddr) -> LongLived {
+        let ns = ns.to_owned();
+        let stream = tokio::task::spawn_blocking(move || {
+            in_netns(&ns, move || {
+                std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap()
+            })
+        })
+        .await
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        LongLived(stream)
+    }
+
+    /// `msg` out, the reply back, on the same connection.
+    pub fn roundtrip(&mut self, msg: &str) -> String {
+        self.0.write_all(msg.as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        let n = self.0.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+/// New connections from a client host, one after the other, until stopped: how many
+/// were made, how many failed, and the replies seen.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, usize, std::collections::BTreeSet<String>)>,
+}
+
+impl Load {
+    pub fn start(ns: &str, to: SocketAddr, msg: &'static str) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (ns, flag) = (ns.to_owned(), stop.clone());
+        let task = tokio::spawn(async move {
+            let (mut sent, mut failed, mut seen) = (0, 0, std::collections::BTreeSet::new());
+            while !flag.load(Ordering::Relaxed) {
+                sent += 1;
+                match tcp_from(&ns, to, msg).await {
+                    Some(reply) => {
+                        seen.insert(reply);
+                    }
+                    None => failed += 1,
+                }
+            }
+            (sent, failed, seen)
+        });
+        Load { stop, task }
+    }
+
+    /// (connections made, failed, the distinct replies).
+    pub async fn stop(self) -> (usize, usize, std::collections::BTreeSet<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
