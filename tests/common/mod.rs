@@ -456,43 +456,39 @@ pub async fn http_server_on(bind: &str, tag: &'static str) -> SocketAddr {
 
 /// Serves HTTP on `listener`: `tag` followed by the request's X-Forwarded-For.
 pub fn serve_http(listener: TcpListener, tag: &'static str) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&request);
-                let xff = text
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("x-forwarded-for")
-                            .then(|| v.trim().to_owned())
-                    })
-                    .unwrap_or_default();
-                let body = format!("{tag}{xff}");
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    addr
+    serve_http_answering(listener, move |request| {
+        format!("{tag}{}", header(request, "x-forwarded-for"))
+    })
 }
 
 /// Serves HTTP on `listener`: `tag`, then the request's X-Forwarded-For and
 /// X-Forwarded-Proto (`TAG xff=... proto=...`).
 pub fn serve_http_headers(listener: TcpListener, tag: &'static str) -> SocketAddr {
+    serve_http_answering(listener, move |request| {
+        format!(
+            "{tag} xff={} proto={}",
+            header(request, "x-forwarded-for"),
+            header(request, "x-forwarded-proto")
+        )
+    })
+}
+
+/// A request header's value (empty when absent).
+fn header(request: &str, name: &str) -> String {
+    request
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Serves HTTP on `listener`, each response's body `body(request head)`.
+fn serve_http_answering(
+    listener: TcpListener,
+    body: impl Fn(&str) -> String + Copy + Send + 'static,
+) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -506,20 +502,7 @@ pub fn serve_http_headers(listener: TcpListener, tag: &'static str) -> SocketAdd
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let text = String::from_utf8_lossy(&request);
-                let header = |name: &str| {
-                    text.lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-                        })
-                        .unwrap_or_default()
-                };
-                let body = format!(
-                    "{tag} xff={} proto={}",
-                    header("x-forwarded-for"),
-                    header("x-forwarded-proto")
-                );
+                let body = body(&String::from_utf8_lossy(&request));
                 let response = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
