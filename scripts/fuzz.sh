@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzing with cargo-fuzz (libFuzzer): manifest files, Kubernetes objects, and SotW and
-# Delta request sequences through the protocol state machines, and the nginx agent's
-# rendering of what the control plane sends.
+# Fuzzing with cargo-fuzz (libFuzzer): manifest files, Kubernetes objects, SotW and
+# Delta request sequences through the protocol state machines, the request decoders
+# against prost's, and the nginx agent's rendering of what the control plane sends.
 #   scripts/fuzz.sh              every target for 10 minutes (the long run)
 #   scripts/fuzz.sh SECONDS      every target for SECONDS (scripts/test.sh runs 30)
 # A crash stops the run with its input in fuzz/artifacts/TARGET/; turn it into a
@@ -23,7 +23,7 @@ else
   export RUSTC_BOOTSTRAP=1
 fi
 mkdir -p logs
-for target in manifests kube_objects sotw_requests delta_requests nginx_render; do
+for target in manifests kube_objects sotw_requests request_decode delta_requests nginx_render; do
   mkdir -p "corpus/$target"
   echo "fuzz: $target for ${seconds}s" >&2
   status=0

@@ -60,6 +60,47 @@ impl Admin {
     pub async fn serve_debug(self, listener: TcpListener) -> std::io::Result<()> {
         axum::serve(listener, self.debug_router()).await
     }
+
+    /// [`Admin::serve`] on `listener` (and [`Admin::serve_debug`] on `debug`) on a thread
+    /// and a runtime of their own, so that probes and metrics answer promptly however
+    /// busy the xDS streams keep the main runtime (a fleet reconnecting at once).
+    pub fn serve_on_own_thread(
+        self,
+        listener: TcpListener,
+        debug: Option<TcpListener>,
+    ) -> std::io::Result<()> {
+        let listener = listener.into_std()?;
+        let debug = debug.map(TcpListener::into_std).transpose()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("admin".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    if let Some(debug) = debug {
+                        let admin = self.clone();
+                        tokio::spawn(async move {
+                            let served = match TcpListener::from_std(debug) {
+                                Ok(listener) => admin.serve_debug(listener).await,
+                                Err(error) => Err(error),
+                            };
+                            if let Err(error) = served {
+                                tracing::error!(%error, "debug HTTP server failed");
+                            }
+                        });
+                    }
+                    let served = match TcpListener::from_std(listener) {
+                        Ok(listener) => self.serve(listener).await,
+                        Err(error) => Err(error),
+                    };
+                    if let Err(error) = served {
+                        tracing::error!(%error, "admin HTTP server failed");
+                    }
+                })
+            })?;
+        Ok(())
+    }
 }
 
 fn debug_routes() -> Router<Admin> {

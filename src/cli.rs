@@ -445,20 +445,12 @@ impl Serve {
             None => None,
         };
         info!(addr = %admin_listener.local_addr()?, debug_views = admin_addr.ip().is_loopback(), "serving admin HTTP");
-        if let Some(listener) = debug_listener {
+        if let Some(listener) = &debug_listener {
             info!(addr = %listener.local_addr()?, "serving the debug views");
-            let admin = admin.clone();
-            tokio::spawn(async move {
-                if let Err(error) = admin.serve_debug(listener).await {
-                    tracing::error!(%error, "debug HTTP server failed");
-                }
-            });
         }
-        tokio::spawn(async move {
-            if let Err(error) = admin.serve(admin_listener).await {
-                tracing::error!(%error, "admin HTTP server failed");
-            }
-        });
+        admin
+            .serve_on_own_thread(admin_listener, debug_listener)
+            .context("starting the admin HTTP server")?;
         let debounce = Debounce {
             quiet: debounce,
             max_delay: debounce_max.max(debounce),

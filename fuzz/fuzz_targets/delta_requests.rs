@@ -7,13 +7,14 @@
 use std::collections::{BTreeSet, HashMap};
 
 use dualstack_xds::server::protocol::delta::DeltaStream;
-use dualstack_xds::server::protocol::{Machine, Scope};
+use dualstack_xds::server::protocol::{DeltaRequest, Machine, Scope};
 use dualstack_xds::translate::node_group;
 use dualstack_xds_fuzz::{snapshot_sets, InFlight, Script, NAMES, TYPE_URLS};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 use libfuzzer_sys::fuzz_target;
+use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     let sets = snapshot_sets();
@@ -74,6 +75,9 @@ fuzz_target!(|data: &[u8]| {
                     }
                     entry.0.remove(name);
                 }
+                // Read as the server reads it off the wire.
+                let request = DeltaRequest::decode(request.encode_to_vec().into())
+                    .expect("what prost encodes decodes");
                 match stream.on_request(request, Some(&sets[set])) {
                     Ok(outcome) => outcome,
                     Err(_) => return,

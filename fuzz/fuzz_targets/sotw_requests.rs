@@ -4,13 +4,14 @@
 #![no_main]
 
 use dualstack_xds::server::protocol::sotw::SotwStream;
-use dualstack_xds::server::protocol::{Machine, Scope};
+use dualstack_xds::server::protocol::{Machine, Scope, SotwRequest};
 use dualstack_xds::translate::node_group;
 use dualstack_xds_fuzz::{snapshot_sets, InFlight, Script, NAMES, TYPE_URLS};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use envoy_types::pb::google::rpc::Status;
 use libfuzzer_sys::fuzz_target;
+use prost::Message;
 
 fuzz_target!(|data: &[u8]| {
     let sets = snapshot_sets();
@@ -45,6 +46,9 @@ fuzz_target!(|data: &[u8]| {
                     ..Default::default()
                 };
                 in_flight.answered(&request.type_url, &request.response_nonce);
+                // Read as the server reads it off the wire.
+                let request = SotwRequest::decode(request.encode_to_vec().into())
+                    .expect("what prost encodes decodes");
                 match stream.on_request(request, Some(&sets[set])) {
                     Ok(outcome) => outcome,
                     // The stream ends with a status: nothing more happens on it.

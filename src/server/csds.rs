@@ -38,7 +38,7 @@ pub fn client_status(streams: &[StreamStatus], exclude_contents: bool) -> Client
             for ty in &stream.types {
                 let rejected = ty.rejected();
                 let acked = rejected.is_none() && ty.pending_nonce.is_none();
-                for resource in ty.sent_resources() {
+                for resource in ty.sent_resources().iter() {
                     let (config_status, client_status) = match (rejected, acked) {
                         (Some(_), _) => (ConfigStatus::Error, ClientResourceStatus::Nacked),
                         (None, true) => (ConfigStatus::Synced, ClientResourceStatus::Acked),

@@ -1,9 +1,10 @@
 //! gRPC glue: one task per stream moves requests and snapshot changes into a protocol
 //! state machine and its responses out. Nothing here decides what to send.
 //!
-//! Requests are decoded by tonic; responses are written by [`super::wire`] from shared,
-//! already encoded resources, so the services are plain tower services registered with
-//! tonic's router under the Envoy service names.
+//! Requests are read by [`super::inbound`] (SotW names left in the message's bytes) and
+//! responses written by [`super::wire`] from shared, already encoded resources, so the
+//! services are plain tower services registered with tonic's router under the Envoy
+//! service names.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,24 +14,21 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
 use http_body::Frame;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tonic::codec::{Codec, Streaming};
 use tonic::server::NamedService;
 use tonic::Status;
 use tracing::{debug, field, info, info_span, warn, Instrument, Span};
 
 use super::authorization::NodeAuthorization;
 use super::clients::ClientRegistry;
+use super::inbound::{Inbound, RequestMessage};
 use super::limits::{CountedStream, Limits, RequestRate, StreamCount};
 use super::protocol::delta::DeltaStream;
 use super::protocol::sotw::SotwStream;
 use super::protocol::{
-    Event, Machine, NodeGrouping, ProtocolError, Response, Scope, SotwResponse,
+    Event, Machine, NodeGrouping, ProtocolError, Response, Scope, SotwRequest, SotwResponse,
     StreamAuthorization, StreamPolicy,
 };
 use super::transport::{incoming, OpenStream, Peer, ReloadingTls};
@@ -41,6 +39,10 @@ use crate::snapshot::{ResourceType, SnapshotCache};
 /// response awaiting its ACK, so a stream never has more than four in flight and this
 /// bound is never reached by a well-behaved peer; a stuck peer blocks only its own task.
 const STREAM_BUFFER: usize = 8;
+
+/// HTTP/2 receive windows (the default is 64 KiB).
+const STREAM_WINDOW: u32 = 256 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// How often the TLS files are checked for a rotation.
 const TLS_RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -128,6 +130,11 @@ impl XdsServer {
             super::csds::Csds::service(self.inner.registry.clone(), options.authorization.clone());
         let stopping = self.inner.stopping.clone();
         tonic::transport::Server::builder()
+            // Room for a SotW ACK naming 10,000 resources (about 150 KB) to arrive at
+            // once, without waiting for window updates; what one connection can have
+            // buffered unread stays bounded.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .http2_keepalive_interval(Some(limits.keepalive_interval))
             .http2_keepalive_timeout(Some(limits.keepalive_timeout))
             // A backstop in HTTP/2 itself; the limit is counted (and answered with a
@@ -219,19 +226,19 @@ impl XdsServer {
             let grouping = self.inner.grouping.clone();
             if method.starts_with("Stream") {
                 span.record("kind", "sotw");
-                let inbound = decode::<DiscoveryRequest, DiscoveryResponse>(body, limits);
+                let inbound = Inbound::new(body, limits.max_request_bytes);
                 let machine = SotwStream::with_policy(scope, grouping, policy);
                 let task = drive(machine, inbound, tx, self.inner.clone(), peer, counted);
                 tokio::spawn(task.instrument(span));
             } else {
                 span.record("kind", "delta");
-                let inbound = decode::<DeltaDiscoveryRequest, DeltaDiscoveryResponse>(body, limits);
+                let inbound = Inbound::new(body, limits.max_request_bytes);
                 let machine = DeltaStream::with_policy(scope, grouping, policy);
                 let task = drive(machine, inbound, tx, self.inner.clone(), peer, counted);
                 tokio::spawn(task.instrument(span));
             }
         } else if let (true, Scope::Single(ty)) = (method.starts_with("Fetch"), scope) {
-            let mut inbound = decode::<DiscoveryRequest, DiscoveryResponse>(body, limits);
+            let mut inbound = Inbound::<_, SotwRequest>::new(body, limits.max_request_bytes);
             let answer = match inbound.message().await {
                 Ok(Some(request)) => self
                     .fetch(ty, request, policy)
@@ -255,7 +262,7 @@ impl XdsServer {
     fn fetch(
         &self,
         ty: ResourceType,
-        req: DiscoveryRequest,
+        req: SotwRequest,
         policy: StreamPolicy,
     ) -> Result<SotwResponse, ProtocolError> {
         let mut machine =
@@ -276,7 +283,7 @@ impl XdsServer {
                 ty,
                 version_info,
                 nonce: String::new(),
-                resources: Vec::new(),
+                resources: Default::default(),
             }
         }))
     }
@@ -317,15 +324,6 @@ fn inbound_error(shared: &Inner, status: Status) -> Status {
         return Status::resource_exhausted(status.message().to_owned());
     }
     status
-}
-
-fn decode<Req, Resp>(body: tonic::body::Body, limits: Limits) -> Streaming<Req>
-where
-    Req: prost::Message + Default + Send + 'static,
-    Resp: prost::Message + Send + 'static,
-{
-    let decoder = tonic_prost::ProstCodec::<Resp, Req>::default().decoder();
-    Streaming::new_request(decoder, body, None, Some(limits.max_request_bytes))
 }
 
 /// A gRPC response body: the stream's responses as they come, then the status trailers.
@@ -387,7 +385,7 @@ impl http_body::Body for ResponseBody {
 /// The per-stream task.
 async fn drive<M>(
     mut machine: M,
-    mut inbound: Streaming<M::Request>,
+    mut inbound: Inbound<tonic::body::Body, M::Request>,
     tx: mpsc::Sender<Result<Frames, Status>>,
     shared: Arc<Inner>,
     peer: Peer,
@@ -395,6 +393,7 @@ async fn drive<M>(
     _counted: (CountedStream, OpenStream),
 ) where
     M: Machine,
+    M::Request: RequestMessage,
     M::Response: Into<Frames>,
 {
     let client = shared.registry.connect(machine.status());

@@ -3,7 +3,8 @@
 //!
 //! [`protocol`] holds the per-stream state machines (no I/O); [`grpc`] is the tonic glue
 //! that moves messages between them, the network and the
-//! [`SnapshotCache`](crate::snapshot::SnapshotCache). [`transport`] owns the port's
+//! [`SnapshotCache`](crate::snapshot::SnapshotCache); [`inbound`] and [`wire`] are the
+//! messages on the wire, requests in and responses out. [`transport`] owns the port's
 //! connections (TLS, peer identities, idle timeout), [`authorization`] which certificate
 //! may claim which node, and [`limits`] what one client may take.
 
@@ -11,6 +12,7 @@ pub mod authorization;
 pub mod clients;
 pub mod csds;
 pub mod grpc;
+mod inbound;
 pub mod limits;
 pub mod protocol;
 pub mod transport;

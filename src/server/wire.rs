@@ -2,18 +2,25 @@
 //! shared encoded bytes. Nothing is re-encoded per client, and a response is produced in
 //! chunks as the transport asks for them, so no buffer the size of the largest response
 //! outlives it (tonic's encoder would keep one per stream).
+//!
+//! Large lists of resources are written once for every stream that is sent the same
+//! list (a fleet of Envoys syncing at once gets the same 10,000 endpoints, see
+//! [`Resources`]): the streams share the written chunks and each writes only its own
+//! version and nonce around them.
 
 use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-use super::protocol::{DeltaResponse, SotwResponse};
+use super::protocol::{DeltaResponse, Resources, SotwResponse};
 use crate::snapshot::Resource;
 
 /// Chunks are about this large; resources this large or larger go out by reference.
 const CHUNK: usize = 32 * 1024;
 const BY_REFERENCE: usize = 4 * 1024;
+/// Lists of at least this many resources are written once and shared.
+const SHARE_FROM: usize = 64;
 
 /// `DiscoveryResponse` and `DeltaDiscoveryResponse` field numbers.
 mod tag {
@@ -56,12 +63,77 @@ fn put_optional_string(tag: u32, s: &str, buf: &mut BytesMut) {
     }
 }
 
+/// Resources written as response chunks: small ones copied together into chunks of
+/// about [`CHUNK`] bytes, large ones by reference.
+struct Writer {
+    chunks: VecDeque<Bytes>,
+    buf: BytesMut,
+    delta: bool,
+}
+
+impl Writer {
+    fn new(delta: bool) -> Self {
+        Writer {
+            chunks: VecDeque::new(),
+            buf: BytesMut::with_capacity(CHUNK + BY_REFERENCE),
+            delta,
+        }
+    }
+
+    fn write(&mut self, resource: &Resource) {
+        let any = resource.encoded_any();
+        if self.delta {
+            let version = resource.version().hex();
+            put_header(tag::RESOURCES, delta_resource_len(resource), &mut self.buf);
+            put_header(tag::RESOURCE_VERSION, version.len(), &mut self.buf);
+            self.buf.put_slice(&version);
+            put_header(tag::RESOURCE_BODY, any.len(), &mut self.buf);
+        } else {
+            put_header(tag::RESOURCES, any.len(), &mut self.buf);
+        }
+        if any.len() >= BY_REFERENCE {
+            self.flush();
+            self.chunks.push_back(any.clone());
+        } else {
+            self.buf.extend_from_slice(any);
+        }
+        if self.delta {
+            put_string(tag::RESOURCE_NAME, resource.name(), &mut self.buf);
+        }
+        if self.buf.len() >= CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            self.chunks.push_back(self.buf.split().freeze());
+        }
+    }
+}
+
+/// A list's resources written as response chunks.
+fn write_all(delta: bool, resources: &[Resource]) -> Vec<Bytes> {
+    let mut writer = Writer::new(delta);
+    for resource in resources {
+        writer.write(resource);
+    }
+    writer.flush();
+    writer.chunks.into()
+}
+
+/// Where a response's resources come from.
+enum Body {
+    /// Written by this response: the list and the index of the next resource.
+    Own(Resources, usize),
+    /// Written once for every response with this list: the index of the next chunk.
+    Shared(Resources, usize),
+}
+
 /// One response as a sequence of byte chunks (the first carries the gRPC message prefix).
 pub struct Frames {
-    ready: VecDeque<Bytes>,
-    buf: BytesMut,
-    resources: std::vec::IntoIter<Resource>,
-    delta: bool,
+    out: Writer,
+    body: Body,
     tail: Option<BytesMut>,
 }
 
@@ -70,18 +142,24 @@ impl Frames {
         body_len: usize,
         head: BytesMut,
         tail: BytesMut,
-        resources: Vec<Resource>,
+        resources: Resources,
         delta: bool,
     ) -> Self {
-        let mut buf = BytesMut::with_capacity(CHUNK + BY_REFERENCE);
-        buf.put_u8(0); // not compressed
-        buf.put_u32(u32::try_from(body_len).expect("xDS response larger than 4 GiB"));
-        buf.extend_from_slice(&head);
+        let mut out = Writer::new(delta);
+        out.buf.put_u8(0); // not compressed
+        out.buf
+            .put_u32(u32::try_from(body_len).expect("xDS response larger than 4 GiB"));
+        out.buf.extend_from_slice(&head);
+        let body = if resources.len() >= SHARE_FROM {
+            out.flush();
+            resources.written(delta, |list| write_all(delta, list));
+            Body::Shared(resources, 0)
+        } else {
+            Body::Own(resources, 0)
+        };
         Frames {
-            ready: VecDeque::new(),
-            buf,
-            resources: resources.into_iter(),
-            delta,
+            out,
+            body,
             tail: Some(tail),
         }
     }
@@ -141,28 +219,6 @@ impl Frames {
         }
         Frames::new(body_len, head, tail, resources, true)
     }
-
-    fn write(&mut self, resource: &Resource) {
-        let any = resource.encoded_any();
-        if self.delta {
-            let version = resource.version().hex();
-            put_header(tag::RESOURCES, delta_resource_len(resource), &mut self.buf);
-            put_header(tag::RESOURCE_VERSION, version.len(), &mut self.buf);
-            self.buf.put_slice(&version);
-            put_header(tag::RESOURCE_BODY, any.len(), &mut self.buf);
-        } else {
-            put_header(tag::RESOURCES, any.len(), &mut self.buf);
-        }
-        if any.len() >= BY_REFERENCE {
-            self.ready.push_back(self.buf.split().freeze());
-            self.ready.push_back(any.clone());
-        } else {
-            self.buf.extend_from_slice(any);
-        }
-        if self.delta {
-            put_string(tag::RESOURCE_NAME, resource.name(), &mut self.buf);
-        }
-    }
 }
 
 impl From<SotwResponse> for Frames {
@@ -190,25 +246,29 @@ impl Iterator for Frames {
 
     fn next(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(chunk) = self.ready.pop_front() {
-                if !chunk.is_empty() {
-                    return Some(chunk);
-                }
-                continue;
+            if let Some(chunk) = self.out.chunks.pop_front() {
+                return Some(chunk);
             }
-            match self.resources.next() {
-                Some(resource) => {
-                    self.write(&resource);
-                    if self.buf.len() >= CHUNK {
-                        self.ready.push_back(self.buf.split().freeze());
+            match &mut self.body {
+                Body::Own(resources, next) => {
+                    if let Some(resource) = resources.get(*next) {
+                        *next += 1;
+                        self.out.write(resource);
+                        continue;
                     }
                 }
-                None => {
-                    let tail = self.tail.take()?;
-                    self.buf.extend_from_slice(&tail);
-                    self.ready.push_back(self.buf.split().freeze());
+                Body::Shared(resources, next) => {
+                    let delta = self.out.delta;
+                    let chunks = resources.written(delta, |list| write_all(delta, list));
+                    if let Some(chunk) = chunks.get(*next) {
+                        *next += 1;
+                        return Some(chunk.clone());
+                    }
                 }
             }
+            let tail = self.tail.take()?;
+            self.out.buf.extend_from_slice(&tail);
+            self.out.flush();
         }
     }
 }
@@ -259,7 +319,7 @@ mod tests {
                 ty: ResourceType::Endpoint,
                 version_info: "v1".into(),
                 nonce: "7".into(),
-                resources: resources(n, endpoints),
+                resources: resources(n, endpoints).into(),
             };
             let expected = response.to_proto();
             let decoded = DiscoveryResponse::decode(&*unframe(Frames::sotw(response))).unwrap();
@@ -274,7 +334,7 @@ mod tests {
                 ty: ResourceType::Endpoint,
                 system_version_info: "v2".into(),
                 nonce: "9".into(),
-                resources: resources(n, endpoints),
+                resources: resources(n, endpoints).into(),
                 removed_resources: vec!["gone".into(), "also-gone".into()],
             };
             let expected = response.to_proto();
@@ -285,12 +345,50 @@ mod tests {
     }
 
     #[test]
+    fn streams_sent_the_same_list_share_its_assembly() {
+        let list: Resources = resources(100, 1).into();
+        let response = |nonce: &str| SotwResponse {
+            ty: ResourceType::Endpoint,
+            version_info: "v".into(),
+            nonce: nonce.into(),
+            resources: list.clone(),
+        };
+        let (a, b) = (response("1"), response("2"));
+        let (expected_a, expected_b) = (a.to_proto(), b.to_proto());
+        let (a, b) = (Frames::sotw(a), Frames::sotw(b));
+        let delta = Frames::delta(DeltaResponse {
+            ty: ResourceType::Endpoint,
+            system_version_info: "v".into(),
+            nonce: "3".into(),
+            resources: list.clone(),
+            removed_resources: vec![],
+        });
+        let (a, b, delta): (Vec<Bytes>, Vec<Bytes>, Vec<Bytes>) =
+            (a.collect(), b.collect(), delta.collect());
+        let middle = |c: &[Bytes]| {
+            c[1..c.len() - 1]
+                .iter()
+                .map(|c| c.as_ptr())
+                .collect::<Vec<_>>()
+        };
+        assert!(a.len() > 2);
+        assert_eq!(middle(&a), middle(&b), "the resources are the same memory");
+        assert!(middle(&delta).iter().all(|p| !middle(&a).contains(p)));
+        let decode = |chunks: Vec<Bytes>| {
+            let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
+            DiscoveryResponse::decode(&bytes[5..]).unwrap()
+        };
+        assert_eq!(decode(a), expected_a);
+        assert_eq!(decode(b), expected_b);
+    }
+
+    #[test]
     fn large_responses_come_in_bounded_chunks() {
         let response = SotwResponse {
             ty: ResourceType::Endpoint,
             version_info: "v".into(),
             nonce: "1".into(),
-            resources: resources(5000, 1),
+            resources: resources(5000, 1).into(),
         };
         let chunks: Vec<Bytes> = Frames::sotw(response).collect();
         assert!(chunks.len() > 5);

@@ -1,14 +1,12 @@
 //! Incremental ("Delta") streams (`DeltaAggregatedResources` and the per-type `Delta*`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 
 use super::{
-    DeltaResponse, Event, Machine, NodeGrouping, Outcome, ProtocolError, Scope, StreamCore,
-    StreamKind, StreamPolicy, StreamStatus,
+    DeltaRequest, DeltaResponse, Event, Machine, NodeGrouping, Outcome, ProtocolError, Resources,
+    Scope, StreamCore, StreamKind, StreamPolicy, StreamStatus,
 };
 use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
 
@@ -21,7 +19,7 @@ pub struct DeltaStream {
 }
 
 impl Machine for DeltaStream {
-    type Request = DeltaDiscoveryRequest;
+    type Request = DeltaRequest;
     type Response = DeltaResponse;
 
     fn node(&self) -> Option<&Node> {
@@ -35,9 +33,10 @@ impl Machine for DeltaStream {
     /// Handles one request; `set` is the latest published snapshot set, if any.
     fn on_request(
         &mut self,
-        req: DeltaDiscoveryRequest,
+        req: impl Into<DeltaRequest>,
         set: Option<&SnapshotSet>,
     ) -> Result<Outcome<DeltaResponse>, ProtocolError> {
+        let req = req.into();
         self.core.accept_node(req.node)?;
         self.core.check_names(
             req.resource_names_subscribe.len() + req.resource_names_unsubscribe.len(),
@@ -72,7 +71,7 @@ impl Machine for DeltaStream {
         );
         if !first {
             state.newly_subscribed.extend(change.added);
-            for name in &req.resource_names_unsubscribe {
+            for name in req.resource_names_unsubscribe.iter() {
                 state.newly_subscribed.remove(name);
             }
             state.newly_wildcard |= change.wildcard_added;
@@ -114,20 +113,28 @@ impl DeltaStream {
             return None;
         }
         let current = snapshot.resources(ty);
-        let mut upserts: BTreeMap<&Arc<str>, &Resource> = BTreeMap::new();
+        // In name order, each name once.
+        let mut upserts: Vec<&Resource> = Vec::new();
+        let mut whole: Option<Resources> = None;
         let mut removed: Vec<String> = Vec::new();
         let first_response = state.sent.is_none();
         match &state.sent {
             None => {
                 let known = std::mem::take(&mut self.initial_versions[ty.index()]);
-                for resource in state.subscribed(current) {
-                    if !known
-                        .get(&**resource.name())
-                        .is_some_and(|v| resource.version().is(v))
-                    {
-                        upserts.insert(resource.name(), resource);
-                    }
-                }
+                let subscribed = state.subscribed(current);
+                whole = Some(if known.is_empty() {
+                    subscribed
+                } else {
+                    subscribed
+                        .iter()
+                        .filter(|resource| {
+                            !known
+                                .get(&**resource.name())
+                                .is_some_and(|v| resource.version().is(v))
+                        })
+                        .cloned()
+                        .collect()
+                });
                 removed.extend(
                     known
                         .into_keys()
@@ -142,26 +149,24 @@ impl DeltaStream {
                         continue;
                     }
                     match change {
-                        Change::Upserted(r) => {
-                            upserts.insert(r.name(), r);
-                        }
+                        Change::Upserted(r) => upserts.push(r),
                         Change::Removed(name) => removed.push(name.to_string()),
                     }
                 }
-                for resource in state.newly(current) {
-                    upserts.insert(resource.name(), resource);
-                }
+                upserts.extend(state.newly(current));
+                upserts.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+                upserts.dedup_by(|a, b| a.name() == b.name());
             }
         }
+        let resources = whole.unwrap_or_else(|| upserts.into_iter().cloned().collect());
         // A wildcard subscriber's first answer is sent even when empty: Envoy's
         // initialization waits for the first CDS and LDS response.
         let must_answer = first_response && state.subscription.wildcard;
-        if upserts.is_empty() && removed.is_empty() && !must_answer {
+        if resources.is_empty() && removed.is_empty() && !must_answer {
             state.mark_sent(current);
             return None;
         }
         let version = current.version().to_string();
-        let resources = upserts.into_values().cloned().collect();
         state.mark_sent(current);
         let nonce = self.core.next_nonce();
         self.core.types[ty.index()].start_pending(nonce.clone(), version.clone());

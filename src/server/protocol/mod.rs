@@ -12,6 +12,7 @@
 //!   routes, in that order.
 
 pub mod delta;
+pub mod request;
 mod response;
 pub mod sotw;
 mod subscription;
@@ -24,7 +25,8 @@ use serde::Serialize;
 
 use super::authorization::{Denied, NodeAuthorization};
 use crate::snapshot::{Resource, ResourceType, Snapshot, SnapshotSet, TypeSnapshot, DEFAULT_GROUP};
-pub use response::{DeltaResponse, Response, SotwResponse};
+pub use request::{DeltaRequest, Names, RequestError, SotwRequest};
+pub use response::{DeltaResponse, Resources, Response, SotwResponse};
 pub use subscription::Subscription;
 
 /// A stream's protocol state machine, SotW or Delta: requests and published snapshots
@@ -32,10 +34,11 @@ pub use subscription::Subscription;
 pub trait Machine: Send + 'static {
     type Request: Send + 'static;
     type Response: Response;
-    /// Handles one request; `set` is the latest published snapshot set, if any.
+    /// Handles one request (in any form that converts to the stream's request type);
+    /// `set` is the latest published snapshot set, if any.
     fn on_request(
         &mut self,
-        req: Self::Request,
+        req: impl Into<Self::Request>,
         set: Option<&SnapshotSet>,
     ) -> Result<Outcome<Self::Response>, ProtocolError>;
     /// Handles a newly published snapshot set: responses in make-before-break order.
@@ -218,10 +221,10 @@ pub struct TypeStatus {
 
 impl TypeStatus {
     /// The resources the client was last sent, for what it subscribes to.
-    pub fn sent_resources(&self) -> Vec<&Resource> {
-        self.sent
-            .as_ref()
-            .map_or_else(Vec::new, |sent| self.subscription.resources_in(sent))
+    pub fn sent_resources(&self) -> Resources {
+        self.sent.as_ref().map_or_else(Resources::default, |sent| {
+            self.subscription.resources_in(sent)
+        })
     }
 
     /// The last response was rejected (and nothing newer has been acked).
@@ -311,7 +314,7 @@ impl TypeState {
     }
 
     /// Resources of `current` the client subscribes to, in name order.
-    fn subscribed<'a>(&self, current: &'a TypeSnapshot) -> Vec<&'a Resource> {
+    fn subscribed(&self, current: &TypeSnapshot) -> Resources {
         self.subscription.resources_in(current)
     }
 

@@ -1,11 +1,10 @@
 //! State-of-the-world streams (`StreamAggregatedResources` and the per-type `Stream*`).
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 
 use super::{
-    Event, Machine, NodeGrouping, Outcome, ProtocolError, Scope, SotwResponse, StreamCore,
-    StreamKind, StreamPolicy, StreamStatus,
+    Event, Machine, NodeGrouping, Outcome, ProtocolError, Resources, Scope, SotwRequest,
+    SotwResponse, StreamCore, StreamKind, StreamPolicy, StreamStatus,
 };
 use crate::snapshot::{Change, Resource, ResourceType, Snapshot, SnapshotSet};
 
@@ -19,7 +18,7 @@ pub struct SotwStream {
 }
 
 impl Machine for SotwStream {
-    type Request = DiscoveryRequest;
+    type Request = SotwRequest;
     type Response = SotwResponse;
 
     fn node(&self) -> Option<&Node> {
@@ -33,9 +32,10 @@ impl Machine for SotwStream {
     /// Handles one request; `set` is the latest published snapshot set, if any.
     fn on_request(
         &mut self,
-        req: DiscoveryRequest,
+        req: impl Into<SotwRequest>,
         set: Option<&SnapshotSet>,
     ) -> Result<Outcome<SotwResponse>, ProtocolError> {
+        let req = req.into();
         self.core.accept_node(req.node)?;
         self.core.check_names(req.resource_names.len())?;
         let ty = self.core.scope.resolve(&req.type_url)?;
@@ -58,7 +58,7 @@ impl Machine for SotwStream {
         }
         let first = !state.requested;
         state.requested = true;
-        let change = state.subscription.replace(&req.resource_names);
+        let change = state.subscription.replace(&req.resource_names, !first);
         if !first {
             state.newly_subscribed.extend(change.added);
             state.newly_wildcard |= change.wildcard_added;
@@ -101,7 +101,7 @@ impl SotwStream {
         }
         let current = snapshot.resources(ty);
         let version = current.version().to_string();
-        let resources: Vec<&Resource> = match &state.sent {
+        let resources: Resources = match &state.sent {
             None => {
                 if self.resume_versions[ty.index()].take().as_ref() == Some(&version) {
                     state.mark_sent(current);
@@ -143,10 +143,9 @@ impl SotwStream {
                     state.mark_sent(current);
                     return None;
                 }
-                resources
+                resources.into_iter().cloned().collect()
             }
         };
-        let resources = resources.into_iter().cloned().collect();
         state.mark_sent(current);
         let nonce = self.core.next_nonce();
         self.core.types[ty.index()].start_pending(nonce.clone(), version.clone());

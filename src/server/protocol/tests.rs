@@ -103,7 +103,7 @@ fn ads() -> SotwStream {
 /// Sends `request` and returns the single response it must produce.
 fn one<M: Machine>(
     stream: &mut M,
-    request: M::Request,
+    request: impl Into<M::Request>,
     set: &SnapshotSet,
 ) -> <M::Response as Response>::Proto {
     let out = stream.on_request(request, Some(set)).unwrap();
@@ -117,7 +117,11 @@ fn one<M: Machine>(
 }
 
 /// Sends `request`, which must produce no response; returns the events.
-fn none<M: Machine>(stream: &mut M, request: M::Request, set: &SnapshotSet) -> Vec<Event> {
+fn none<M: Machine>(
+    stream: &mut M,
+    request: impl Into<M::Request>,
+    set: &SnapshotSet,
+) -> Vec<Event> {
     let out = stream.on_request(request, Some(set)).unwrap();
     assert!(
         out.responses.is_empty(),
