@@ -73,9 +73,13 @@ struct Writer {
 
 impl Writer {
     fn new(delta: bool) -> Self {
+        Self::with_capacity(delta, CHUNK + BY_REFERENCE)
+    }
+
+    fn with_capacity(delta: bool, capacity: usize) -> Self {
         Writer {
             chunks: VecDeque::new(),
-            buf: BytesMut::with_capacity(CHUNK + BY_REFERENCE),
+            buf: BytesMut::with_capacity(capacity),
             delta,
         }
     }
@@ -145,12 +149,18 @@ impl Frames {
         resources: Resources,
         delta: bool,
     ) -> Self {
-        let mut out = Writer::new(delta);
+        let shared = resources.len() >= SHARE_FROM;
+        // A response whose list is shared writes only its prefix, head and tail.
+        let mut out = if shared {
+            Writer::with_capacity(delta, 5 + head.len() + tail.len())
+        } else {
+            Writer::new(delta)
+        };
         out.buf.put_u8(0); // not compressed
         out.buf
             .put_u32(u32::try_from(body_len).expect("xDS response larger than 4 GiB"));
         out.buf.extend_from_slice(&head);
-        let body = if resources.len() >= SHARE_FROM {
+        let body = if shared {
             out.flush();
             resources.written(delta, |list| write_all(delta, list));
             Body::Shared(resources, 0)
