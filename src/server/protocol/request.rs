@@ -19,8 +19,6 @@ use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, Wire
 use prost::Message;
 use xxhash_rust::xxh3::Xxh3;
 
-use super::subscription::WILDCARD;
-
 /// `resource_names` of `DiscoveryRequest`; `resource_names_subscribe` and
 /// `resource_names_unsubscribe` of `DeltaDiscoveryRequest`.
 const SOTW_NAMES: u32 = 3;
@@ -135,11 +133,6 @@ impl Names {
             .into_iter()
             .flatten()
             .chain(wire.into_iter().flatten())
-    }
-
-    /// Whether `*` is among the names.
-    pub fn has_wildcard(&self) -> bool {
-        self.iter().any(|n| n == WILDCARD)
     }
 }
 
@@ -438,7 +431,6 @@ mod tests {
             decoded.resource_names.iter().collect::<Vec<_>>(),
             ["a", "b", "*"]
         );
-        assert!(decoded.resource_names.has_wildcard());
         assert_eq!(decoded.type_url, "t");
         assert_eq!(
             decoded.into_proto(),

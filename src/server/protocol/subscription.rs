@@ -128,12 +128,13 @@ impl Subscription {
     /// The resources of `snapshot` this subscription covers, in name order: one list
     /// for every stream with the same subscription to the same content.
     pub fn resources_in(&self, snapshot: &TypeSnapshot) -> Resources {
-        let key = (
-            snapshot.version().0,
-            self.wildcard,
-            self.names.digest,
-            self.names.len(),
-        );
+        // A wildcard covers everything, whatever names it also lists.
+        let (digest, len) = if self.wildcard {
+            (0, 0)
+        } else {
+            (self.names.digest, self.names.len())
+        };
+        let key = (snapshot.version().0, self.wildcard, digest, len);
         Resources::shared(key, || {
             if self.wildcard {
                 snapshot.iter().cloned().collect()
