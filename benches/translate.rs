@@ -4,7 +4,8 @@
 //! rebuild, one Service's endpoints changed, one Service's hosts changed, one Secret
 //! rotated, and what Envoy is sent for each.
 //!
-//! Run: `cargo bench --bench translate`.
+//! Run: `cargo bench --bench translate [-- FIGURES]`, FIGURES any of `1x10000`,
+//! `100x100`, `10000x1` and `shared` (all when none is named).
 
 mod report;
 
@@ -84,7 +85,17 @@ fn main() {
         "translation benchmark ({} cores; EndpointSlices of {SLICE_SIZE} endpoints)",
         report::cores()
     );
+    // `cargo bench --bench translate -- 10000x1 shared`: only the figures named (by
+    // shape, or `shared` for the shared-port ones); none named: all of them.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     for (services, endpoints) in [(1, 10_000), (100, 100), (10_000, 1)] {
+        if !wanted(&format!("{services}x{endpoints}")) {
+            continue;
+        }
         let mut m = model(services, endpoints);
         let total = services * endpoints;
         let mut translator = Translator::new(Family::IPv4);
@@ -136,7 +147,9 @@ fn main() {
             samples.last().unwrap()
         );
     }
-    shared_ports(&mut report);
+    if wanted("shared") {
+        shared_ports(&mut report);
+    }
     report.write();
 }
 

@@ -19,7 +19,9 @@
 //! own would: requests go out pre-encoded, and responses are read as their bytes arrive,
 //! without being buffered whole, for their type, version, nonce and number of resources.
 //! Clients and server still share the cores.
-//! Run: `cargo bench --bench xds [-- --streams 1000 --clusters 10000]`.
+//! Run: `cargo bench --bench xds [-- --streams 1000 --clusters 10000] [--only PHASES]`,
+//! PHASES a comma-separated list of `sotw`, `delta` (connect, sync, fan-out),
+//! `cold-sotw`, `cold-delta` (cold start).
 
 #[allow(dead_code)]
 #[path = "../tests/common/fixtures.rs"]
@@ -214,11 +216,25 @@ async fn server_main(streams: usize, clusters: usize) {
         streams,
         clusters,
     };
+    // `--only sotw,cold-delta`: the phases named (`sotw`, `delta`: connect, sync and
+    // fan-out; `cold-sotw`, `cold-delta`: cold start); none named: all of them.
+    let args: Vec<String> = std::env::args().collect();
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let wanted = |phase: &str| only.is_empty() || only.iter().any(|o| o == phase);
     for mode in ["sotw", "delta"] {
-        snapshot = bench.fan_out(mode, &cache, &registry, snapshot).await;
+        if wanted(mode) {
+            snapshot = bench.fan_out(mode, &cache, &registry, snapshot).await;
+        }
     }
     for mode in ["sotw", "delta"] {
-        bench.cold_start(mode).await;
+        if wanted(&format!("cold-{mode}")) {
+            bench.cold_start(mode).await;
+        }
     }
     println!(
         "NACKs: {}, EDS responses sent: {}",

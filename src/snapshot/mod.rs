@@ -10,7 +10,6 @@ mod cache;
 pub mod json;
 mod resource;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use imbl::OrdMap;
@@ -96,12 +95,24 @@ impl TypeSnapshot {
     }
 }
 
+/// The hash of a resource's name, a zero byte and its version: on the stack for the
+/// names Kubernetes allows (a full rebuild puts a fleet's resources one by one).
 fn entry_hash(resource: &Resource) -> u128 {
-    let mut buf = Vec::with_capacity(resource.name().len() + 17);
-    buf.extend_from_slice(resource.name().as_bytes());
-    buf.push(0);
-    buf.extend_from_slice(&resource.version().0.to_le_bytes());
-    xxhash_rust::xxh3::xxh3_128(&buf)
+    let name = resource.name().as_bytes();
+    let version = resource.version().0.to_le_bytes();
+    let len = name.len() + 1 + version.len();
+    let mut stack = [0u8; 320];
+    let mut heap = Vec::new();
+    let buf = if len <= stack.len() {
+        &mut stack[..len]
+    } else {
+        heap.resize(len, 0);
+        &mut heap[..]
+    };
+    buf[..name.len()].copy_from_slice(name);
+    buf[name.len()] = 0;
+    buf[name.len() + 1..].copy_from_slice(&version);
+    xxhash_rust::xxh3::xxh3_128(buf)
 }
 
 /// An immutable, consistent set of resources of every type. Cheap to clone.
@@ -144,8 +155,10 @@ pub struct InconsistentSnapshot {
 pub struct SnapshotBuilder {
     next: Snapshot,
     /// EDS / RDS / SDS names whose presence or references changed, per type: only these
-    /// need checking, which keeps a small change cheap.
-    touched: [BTreeSet<Arc<str>>; ResourceType::COUNT],
+    /// need checking, which keeps a small change cheap. Kept as they come (a name may
+    /// repeat) and sorted once when built, which costs less than a set kept in order
+    /// while a fleet's resources are put one by one.
+    touched: [Vec<Arc<str>>; ResourceType::COUNT],
 }
 
 impl SnapshotBuilder {
@@ -156,15 +169,21 @@ impl SnapshotBuilder {
 
     /// Adds or replaces an already encoded resource.
     pub fn upsert_resource(&mut self, ty: ResourceType, resource: Resource) -> &mut Self {
-        if self.next.types[ty.index()].get(resource.name()) == Some(&resource) {
-            return self;
-        }
-        self.add_references(&resource);
-        if ty.referenced_by().is_some() {
-            self.touched[ty.index()].insert(resource.name().clone());
-        }
-        if let Some(old) = self.next.types[ty.index()].insert(resource) {
-            self.drop_references(&old);
+        let name = resource.name().clone();
+        let version = resource.version();
+        let references = resource.references_shared();
+        match self.next.types[ty.index()].insert(resource) {
+            // The same content: the same references, nothing to check.
+            Some(old) if old.version() == version => {}
+            old => {
+                self.add_references(&references);
+                if ty.referenced_by().is_some() {
+                    self.touched[ty.index()].push(name);
+                }
+                if let Some(old) = old {
+                    self.drop_references(old.references());
+                }
+            }
         }
         self
     }
@@ -173,9 +192,9 @@ impl SnapshotBuilder {
     pub fn remove(&mut self, ty: ResourceType, name: &str) -> &mut Self {
         if let Some(old) = self.next.types[ty.index()].remove(name) {
             if ty.referenced_by().is_some() {
-                self.touched[ty.index()].insert(old.name().clone());
+                self.touched[ty.index()].push(old.name().clone());
             }
-            self.drop_references(&old);
+            self.drop_references(old.references());
         }
         self
     }
@@ -192,17 +211,21 @@ impl SnapshotBuilder {
         self
     }
 
-    fn add_references(&mut self, resource: &Resource) {
-        for (target, name) in resource.references() {
-            *self.next.referenced[target.index()]
-                .entry(name.clone())
-                .or_insert(0) += 1;
-            self.touched[target.index()].insert(name.clone());
+    fn add_references(&mut self, references: &[(ResourceType, Arc<str>)]) {
+        for (target, name) in references {
+            let counts = &mut self.next.referenced[target.index()];
+            match counts.get_mut(name) {
+                Some(count) => *count += 1,
+                None => {
+                    counts.insert(name.clone(), 1);
+                }
+            }
+            self.touched[target.index()].push(name.clone());
         }
     }
 
-    fn drop_references(&mut self, resource: &Resource) {
-        for (target, name) in resource.references() {
+    fn drop_references(&mut self, references: &[(ResourceType, Arc<str>)]) {
+        for (target, name) in references {
             let counts = &mut self.next.referenced[target.index()];
             if let Some(count) = counts.get_mut(name) {
                 *count -= 1;
@@ -210,29 +233,55 @@ impl SnapshotBuilder {
                     counts.remove(name);
                 }
             }
-            self.touched[target.index()].insert(name.clone());
+            self.touched[target.index()].push(name.clone());
         }
     }
 
     /// Checks that every ClusterLoadAssignment is named by a cluster and every
     /// RouteConfiguration and TLS secret by a listener, and that every such name exists,
     /// as go-control-plane's `Consistent` does. Only touched names are checked.
-    pub fn build(self) -> Result<Snapshot, InconsistentSnapshot> {
+    pub fn build(mut self) -> Result<Snapshot, InconsistentSnapshot> {
         let mut problems = Vec::new();
         for ty in ResourceType::ALL {
             let Some(by) = ty.referenced_by() else {
                 continue;
             };
+            let touched = &mut self.touched[ty.index()];
             let present = &self.next.types[ty.index()];
             let referenced = &self.next.referenced[ty.index()];
-            for name in &self.touched[ty.index()] {
+            let mut report = |name: &str, is_present: bool| {
+                problems.push(if is_present {
+                    format!("{ty} resource {name:?} is not referenced by any {by}")
+                } else {
+                    format!("a {by} references {ty} resource {name:?}, which is missing")
+                })
+            };
+            if touched.len() >= (present.len() + referenced.len()) / 4 {
+                // Much was touched (a full build): walk both in name order instead.
+                let mut names = present.resources.keys().peekable();
+                let mut counted = referenced.keys().peekable();
+                loop {
+                    match (names.peek(), counted.peek()) {
+                        (Some(a), Some(b)) if a == b => {
+                            names.next();
+                            counted.next();
+                        }
+                        (Some(a), Some(b)) if a < b => report(names.next().expect("peeked"), true),
+                        (Some(_), Some(_)) | (None, Some(_)) => {
+                            report(counted.next().expect("peeked"), false)
+                        }
+                        (Some(_), None) => report(names.next().expect("peeked"), true),
+                        (None, None) => break,
+                    }
+                }
+                continue;
+            }
+            touched.sort_unstable();
+            touched.dedup();
+            for name in touched.iter() {
                 match (present.get(name).is_some(), referenced.contains_key(name)) {
-                    (true, false) => problems.push(format!(
-                        "{ty} resource {name:?} is not referenced by any {by}"
-                    )),
-                    (false, true) => problems.push(format!(
-                        "a {by} references {ty} resource {name:?}, which is missing"
-                    )),
+                    (true, false) => report(name, true),
+                    (false, true) => report(name, false),
                     _ => {}
                 }
             }

@@ -121,7 +121,7 @@ impl fmt::Display for ResourceType {
 pub struct Version(pub(crate) u128);
 
 impl Version {
-    fn of_bytes(bytes: &[u8]) -> Self {
+    pub(crate) fn of_bytes(bytes: &[u8]) -> Self {
         Version(xxhash_rust::xxh3::xxh3_128(bytes))
     }
 
@@ -285,12 +285,12 @@ impl Resource {
         references.sort();
         references.dedup();
         debug_assert_eq!(references, message.references());
-        let value = message.encode_to_vec();
-        let version = Version::of_bytes(&value);
-        let any = Any {
-            type_url: R::TYPE.type_url().to_owned(),
-            value,
-        };
+        // The Any is written in one buffer: its head, then the message in place.
+        let value_len = message.encoded_len();
+        let mut any = any_head(R::TYPE, value_len);
+        let start = any.len();
+        message.encode(&mut any).expect("a Vec grows to any length");
+        let version = Version::of_bytes(&any[start..]);
         let references: Vec<(ResourceType, Arc<str>)> = references
             .into_iter()
             .map(|(ty, name)| (ty, Arc::from(name)))
@@ -298,7 +298,7 @@ impl Resource {
         Resource {
             name: Arc::from(message.resource_name()),
             version,
-            any: Bytes::from(any.encode_to_vec()),
+            any: Bytes::from(any),
             references: references.into(),
         }
     }
@@ -316,19 +316,9 @@ impl Resource {
         value: &[u8],
         references: Vec<(ResourceType, String)>,
     ) -> Self {
-        use prost::encoding::{encode_key, encode_varint, WireType};
         let version = Version::of_bytes(value);
-        let type_url = ty.type_url();
-        let mut any = Vec::with_capacity(type_url.len() + value.len() + 16);
-        // google.protobuf.Any: type_url = 1, value = 2.
-        encode_key(1, WireType::LengthDelimited, &mut any);
-        encode_varint(type_url.len() as u64, &mut any);
-        any.extend_from_slice(type_url.as_bytes());
-        if !value.is_empty() {
-            encode_key(2, WireType::LengthDelimited, &mut any);
-            encode_varint(value.len() as u64, &mut any);
-            any.extend_from_slice(value);
-        }
+        let mut any = any_head(ty, value.len());
+        any.extend_from_slice(value);
         Resource {
             name: Arc::from(name),
             version,
@@ -362,6 +352,28 @@ impl Resource {
     pub fn references(&self) -> &[(ResourceType, Arc<str>)] {
         &self.references
     }
+
+    /// [`Resource::references`], shared.
+    pub(crate) fn references_shared(&self) -> Arc<[(ResourceType, Arc<str>)]> {
+        self.references.clone()
+    }
+}
+
+/// An encoded `google.protobuf.Any` of type `ty` up to its value, whose `value_len`
+/// bytes the caller appends (room for them is reserved).
+fn any_head(ty: ResourceType, value_len: usize) -> Vec<u8> {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    let type_url = ty.type_url();
+    let mut any = Vec::with_capacity(type_url.len() + value_len + 16);
+    // google.protobuf.Any: type_url = 1, value = 2 (left out when empty, as prost does).
+    encode_key(1, WireType::LengthDelimited, &mut any);
+    encode_varint(type_url.len() as u64, &mut any);
+    any.extend_from_slice(type_url.as_bytes());
+    if value_len > 0 {
+        encode_key(2, WireType::LengthDelimited, &mut any);
+        encode_varint(value_len as u64, &mut any);
+    }
+    any
 }
 
 /// Two resources are equal when their content is: this is what snapshot diffs compare.

@@ -171,3 +171,73 @@ fn a_version_is_written_as_32_hex_digits_without_formatting() {
         assert!(!version.is(&expected[1..]));
     }
 }
+
+#[test]
+fn a_resource_is_the_any_prost_encodes_and_its_version_hashes_the_message() {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+    for (any, resource) in [
+        (
+            any_of(&eds_cluster("web")),
+            Resource::new(&eds_cluster("web")),
+        ),
+        (
+            any_of(&http_listener("web-v4", "0.0.0.0", 8080, "web-routes")),
+            Resource::new(&http_listener("web-v4", "0.0.0.0", 8080, "web-routes")),
+        ),
+        // An empty message: prost leaves the value out.
+        (
+            any_of(&ClusterLoadAssignment::default()),
+            Resource::new(&ClusterLoadAssignment::default()),
+        ),
+    ] {
+        assert_eq!(resource.encoded_any()[..], any.encode_to_vec()[..]);
+        assert_eq!(resource.version(), Version::of_bytes(&any.value));
+    }
+}
+
+fn any_of<R: XdsResource>(message: &R) -> envoy_types::pb::google::protobuf::Any {
+    envoy_types::pb::google::protobuf::Any {
+        type_url: R::TYPE.type_url().into(),
+        value: message.encode_to_vec(),
+    }
+}
+
+/// Both ways of checking a build (the names touched, or every name when much was
+/// touched) find the same problems, each once, in name order.
+#[test]
+fn large_and_small_changes_are_checked_alike() {
+    let mut b = Snapshot::builder();
+    for i in 0..40 {
+        let name = format!("svc-{i:02}");
+        b.upsert(&eds_cluster(&name))
+            .upsert(&load_assignment(&name, &[("10.0.0.1", 80)]));
+    }
+    let base = b.build().expect("consistent");
+
+    // Small: one stray CLA and one cluster without its CLA among 80 resources.
+    let mut b = base.edit();
+    b.upsert(&load_assignment("stray", &[]))
+        .upsert(&eds_cluster("lonely"));
+    let small = b.build().unwrap_err().problems;
+
+    // Large: the same problems in a build from scratch, where every name is touched.
+    let mut b = Snapshot::builder();
+    for i in 0..40 {
+        let name = format!("svc-{i:02}");
+        b.upsert(&eds_cluster(&name))
+            .upsert(&load_assignment(&name, &[("10.0.0.1", 80)]));
+    }
+    b.upsert(&load_assignment("stray", &[]))
+        .upsert(&eds_cluster("lonely"))
+        // Touched twice: reported once.
+        .upsert(&load_assignment("stray", &[("10.0.0.9", 80)]));
+    let large = b.build().unwrap_err().problems;
+
+    let expected = [
+        "a cluster references eds resource \"lonely\", which is missing",
+        "eds resource \"stray\" is not referenced by any cluster",
+    ];
+    assert_eq!(small, expected);
+    assert_eq!(large, expected);
+}

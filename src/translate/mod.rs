@@ -88,17 +88,42 @@ pub fn group_of(node: &Node) -> Result<Group, String> {
 }
 
 /// Stable, family-neutral name of a Service port's cluster, endpoints and routes.
+/// (`NAMESPACE/NAME:PORT`; built without the formatting machinery, which costs more
+/// than the rest of a small Service's names together.)
 pub fn cluster_name(key: &ServiceKey, port: &ServicePort) -> String {
-    format!("{}/{}:{}", key.namespace, key.name, port.port)
+    let mut name = String::with_capacity(key.namespace.len() + key.name.len() + 16);
+    push_cluster_name(&mut name, key, port);
+    name
+}
+
+fn push_cluster_name(name: &mut String, key: &ServiceKey, port: &ServicePort) {
+    name.push_str(&key.namespace);
+    name.push('/');
+    name.push_str(&key.name);
+    name.push(':');
+    let mut digits = [0u8; 5];
+    let mut n = port.port;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    name.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
 }
 
 /// Name of a Service port's ingress listener on one family.
 pub fn listener_name(key: &ServiceKey, port: &ServicePort, family: Family) -> String {
-    format!(
-        "{}:{}",
-        cluster_name(key, port),
-        family.as_str().to_ascii_lowercase()
-    )
+    let mut name = String::with_capacity(key.namespace.len() + key.name.len() + 21);
+    push_cluster_name(&mut name, key, port);
+    name.push_str(match family {
+        Family::IPv4 => ":ipv4",
+        Family::IPv6 => ":ipv6",
+    });
+    name
 }
 
 /// The primary family of a Service: `--primary-family` < ConfigMap < annotation.
@@ -209,36 +234,52 @@ impl Output {
     /// families and the routes they use, and, when the group edits them (the others
     /// share them), clusters and endpoints; for proxyless clients, theirs. (Shared
     /// listeners and secrets are assembled across Services.)
-    fn in_group(&self, group: Group, edits_clusters: bool) -> Vec<(ResourceType, &Resource)> {
-        let families = match group {
-            Group::Proxyless => return self.proxyless.resources().collect(),
-            Group::Envoy(families) => families,
+    fn in_group(
+        &self,
+        group: Group,
+        edits_clusters: bool,
+    ) -> impl Iterator<Item = (ResourceType, &Resource)> {
+        let (proxyless, families) = match group {
+            Group::Proxyless => (true, ListenerFamilies::BOTH),
+            Group::Envoy(families) => (false, families),
         };
-        let mut resources = Vec::new();
-        if edits_clusters {
-            resources.extend(self.clusters.iter().map(|r| (ResourceType::Cluster, r)));
-            resources.extend(
-                self.load_assignments
-                    .iter()
-                    .map(|r| (ResourceType::Endpoint, r)),
-            );
-        }
+        let envoy = !proxyless;
+        let clusters = (envoy && edits_clusters)
+            .then_some(&self.clusters)
+            .into_iter()
+            .flatten()
+            .map(|r| (ResourceType::Cluster, r));
+        let load_assignments = (envoy && edits_clusters)
+            .then_some(&self.load_assignments)
+            .into_iter()
+            .flatten()
+            .map(|r| (ResourceType::Endpoint, r));
         let listeners = self
             .listeners
             .iter()
-            .filter(|(family, _, _)| families.contains(*family));
-        let routes: BTreeSet<&String> = listeners
-            .clone()
-            .filter_map(|(_, _, route)| route.as_ref())
-            .chain(&self.chain_routes)
-            .collect();
-        resources.extend(listeners.map(|(_, r, _)| (ResourceType::Listener, r)));
-        resources.extend(
-            routes
-                .into_iter()
-                .map(|name| (ResourceType::Route, &self.routes[name])),
-        );
-        resources
+            .filter(move |(family, _, _)| envoy && families.contains(*family));
+        let in_families = listeners.clone();
+        // A route once, when a listener of the group or a filter chain uses it.
+        let routes = self
+            .routes
+            .iter()
+            .filter(move |(name, _)| {
+                envoy
+                    && (self.chain_routes.contains(name)
+                        || in_families
+                            .clone()
+                            .any(|(_, _, route)| route.as_ref() == Some(name)))
+            })
+            .map(|(_, r)| (ResourceType::Route, r));
+        let proxyless = proxyless
+            .then(|| self.proxyless.resources())
+            .into_iter()
+            .flatten();
+        proxyless
+            .chain(clusters)
+            .chain(load_assignments)
+            .chain(listeners.map(|(_, r, _)| (ResourceType::Listener, r)))
+            .chain(routes)
     }
 }
 
@@ -461,7 +502,11 @@ impl Translator {
             .map(|key| {
                 let output = match model.services.get(key) {
                     Some(service) => {
-                        let cache = self.endpoint_caches.entry(key.clone()).or_default();
+                        if !self.endpoint_caches.contains_key(key) {
+                            self.endpoint_caches
+                                .insert(key.clone(), EndpointCache::default());
+                        }
+                        let cache = self.endpoint_caches.get_mut(key).expect("inserted");
                         let primary = effective_primary(service, model, self.default_primary);
                         let owners = |claim: &PortClaim| {
                             plan.owners(state, claim)
@@ -501,36 +546,35 @@ impl State {
         changed: Option<&BTreeSet<ServiceKey>>,
         default_primary: Family,
     ) -> Plan {
-        let candidates: BTreeSet<ServiceKey> = match changed {
-            Some(keys) => keys.clone(),
-            None => model
-                .services
-                .keys()
-                .chain(self.known.keys())
-                .cloned()
-                .collect(),
+        let candidates: Box<dyn Iterator<Item = &ServiceKey>> = match changed {
+            Some(keys) => Box::new(keys.iter()),
+            None => Box::new(union(model.services.keys(), self.known.keys())),
         };
         let mut plan = Plan::default();
+        // Built in key order, then made sets in one pass (cheaper than one by one when
+        // every Service of a large model is new).
+        let mut dirty: Vec<ServiceKey> = Vec::new();
+        let mut known: Vec<(ServiceKey, Option<Known>)> = Vec::new();
         for key in candidates {
-            let current = model.services.get(&key).map(|service| {
+            let current = model.services.get(key).map(|service| {
                 let primary = effective_primary(service, model, default_primary);
                 (service, input_digest(service, primary, model))
             });
-            let known = self.known.get(&key);
-            if current.map(|(_, d)| d) == known.map(|k| k.digest) {
+            let was = self.known.get(key);
+            if current.map(|(_, d)| d) == was.map(|k| k.digest) {
                 continue;
             }
             let claims = current.map(|(service, _)| port_claims(service));
             let same_claims = matches!(
-                (&claims, known),
-                (Some(new), Some(known)) if *new == known.claims
+                (&claims, was),
+                (Some(new), Some(was)) if *new == was.claims
             );
             // Listener ports change hands only when claims change: other Services are
             // retranslated then, not when only endpoints move.
             if !same_claims {
-                for (claim, _) in known.iter().flat_map(|k| &k.claims) {
+                for (claim, _) in was.iter().flat_map(|k| &k.claims) {
                     let owners = plan.owners_mut(self, *claim);
-                    owners.remove(&key);
+                    owners.remove(key);
                     let others: Vec<ServiceKey> = owners.keys().cloned().collect();
                     plan.dirty.extend(others);
                 }
@@ -550,8 +594,14 @@ impl State {
                 }
                 _ => None,
             };
-            plan.known.insert(key.clone(), record);
-            plan.dirty.insert(key);
+            known.push((key.clone(), record));
+            dirty.push(key.clone());
+        }
+        plan.known = known.into_iter().collect();
+        if plan.dirty.is_empty() {
+            plan.dirty = dirty.into_iter().collect();
+        } else {
+            plan.dirty.extend(dirty);
         }
         plan
     }
@@ -624,13 +674,13 @@ impl State {
                 (&mut ipv6, Group::Envoy(ListenerFamilies::IPV6), false),
                 (&mut proxyless, Group::Proxyless, true),
             ] {
-                for (ty, r) in old.map_or_else(Vec::new, |o| o.in_group(group, edits_clusters)) {
+                for (ty, r) in old
+                    .into_iter()
+                    .flat_map(|o| o.in_group(group, edits_clusters))
+                {
                     builder.remove(ty, r.name());
                 }
-                for (ty, r) in new
-                    .as_ref()
-                    .map_or_else(Vec::new, |n| n.in_group(group, edits_clusters))
-                {
+                for (ty, r) in new.iter().flat_map(|n| n.in_group(group, edits_clusters)) {
                     builder.upsert_resource(ty, r.clone());
                 }
             }
@@ -704,12 +754,7 @@ impl State {
         outputs: Vec<(ServiceKey, Option<Output>)>,
         assembly: Assembly,
     ) {
-        for (key, record) in plan.known {
-            match record {
-                Some(record) => self.known.insert(key, record),
-                None => self.known.remove(&key),
-            };
-        }
+        merge_into(&mut self.known, plan.known);
         for (claim, owners) in plan.claims {
             if owners.is_empty() {
                 self.claims.remove(&claim);
@@ -717,12 +762,12 @@ impl State {
                 self.claims.insert(claim, owners);
             }
         }
-        for (key, output) in outputs {
-            match output {
-                Some(output) => self.outputs.insert(key, Arc::new(output)),
-                None => self.outputs.remove(&key),
-            };
-        }
+        merge_into(
+            &mut self.outputs,
+            outputs
+                .into_iter()
+                .map(|(key, output)| (key, output.map(Arc::new))),
+        );
         for (port, members) in assembly.shared {
             if members.is_empty() {
                 self.shared.remove(&port);
@@ -744,6 +789,61 @@ impl State {
         }
         self.groups = assembly.groups;
     }
+}
+
+/// The keys of two sorted sequences, in order, each once.
+fn union<'a, K: Ord + 'a>(
+    a: impl Iterator<Item = &'a K>,
+    b: impl Iterator<Item = &'a K>,
+) -> impl Iterator<Item = &'a K> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) => match x.cmp(y) {
+            std::cmp::Ordering::Less => a.next(),
+            std::cmp::Ordering::Greater => b.next(),
+            std::cmp::Ordering::Equal => {
+                b.next();
+                a.next()
+            }
+        },
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
+/// Puts `changes` (in key order; `None`: remove) into `map`: one by one when they are
+/// few, else by merging both in one pass and building the map whole, which a full
+/// translation of a large model needs (one by one, each insertion searches the tree).
+fn merge_into<K: Ord, V>(
+    map: &mut BTreeMap<K, V>,
+    changes: impl IntoIterator<Item = (K, Option<V>)>,
+) {
+    let changes = changes.into_iter();
+    if changes.size_hint().0.saturating_mul(8) < map.len() {
+        for (key, value) in changes {
+            match value {
+                Some(value) => map.insert(key, value),
+                None => map.remove(&key),
+            };
+        }
+        return;
+    }
+    let mut old = std::mem::take(map).into_iter().peekable();
+    let mut merged = Vec::new();
+    for (key, value) in changes {
+        while let Some((k, _)) = old.peek() {
+            if *k >= key {
+                break;
+            }
+            merged.extend(old.next());
+        }
+        if old.peek().is_some_and(|(k, _)| *k == key) {
+            old.next();
+        }
+        merged.extend(value.map(|v| (key, v)));
+    }
+    merged.extend(old);
+    *map = merged.into_iter().collect();
 }
 
 /// What a Service is translated from.

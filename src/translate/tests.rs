@@ -808,3 +808,58 @@ fn a_port_is_used_the_way_its_first_claimant_uses_it() {
     );
     assert!(t.conflicts().is_empty());
 }
+
+#[test]
+fn names_are_built_as_formatting_would() {
+    let key = ServiceKey::new("shop", "web");
+    for number in [0u16, 7, 10, 80, 443, 9999, 10000, 65535] {
+        let port = ServicePort {
+            name: "http".into(),
+            port: number,
+            kind: PortKind::Http,
+            listener_port: 8080,
+        };
+        assert_eq!(cluster_name(&key, &port), format!("shop/web:{number}"));
+        assert_eq!(
+            listener_name(&key, &port, Family::IPv6),
+            format!("shop/web:{number}:ipv6")
+        );
+    }
+}
+
+#[test]
+fn merging_many_changes_at_once_matches_applying_them_one_by_one() {
+    let base: BTreeMap<u32, u32> = (0..20).map(|k| (k * 2, k)).collect();
+    let changes: Vec<(u32, Option<u32>)> = vec![
+        (0, None),
+        (1, Some(100)),
+        (4, Some(104)),
+        (6, None),
+        (7, Some(107)),
+        (38, None),
+        (50, Some(150)),
+    ];
+    let mut one_by_one = base.clone();
+    for (k, v) in changes.clone() {
+        match v {
+            Some(v) => one_by_one.insert(k, v),
+            None => one_by_one.remove(&k),
+        };
+    }
+    let mut merged = base.clone();
+    merge_into(&mut merged, changes.clone());
+    assert_eq!(merged, one_by_one);
+    // Few changes to a large map take the one-by-one path: the same result.
+    let mut large: BTreeMap<u32, u32> = (0..1000).map(|k| (k * 2, k)).collect();
+    let mut expected = large.clone();
+    merge_into(&mut large, changes.clone());
+    for (k, v) in changes {
+        match v {
+            Some(v) => expected.insert(k, v),
+            None => expected.remove(&k),
+        };
+    }
+    assert_eq!(large, expected);
+    let keys: Vec<&u32> = union([1, 3, 5].iter(), [2, 3, 6].iter()).collect();
+    assert_eq!(keys, [&1, &2, &3, &5, &6]);
+}
