@@ -21,16 +21,20 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 
 use crate::model::{
-    Family, ListenerFamilies, Model, ObjectKey, ObjectKind, PortKind, Service, ServiceKey,
-    ServicePort, Skipped, TlsMode,
+    Family, ListenerFamilies, Model, ObjectKey, ObjectKind, PortKind, ProxyProtocol, Service,
+    ServiceKey, ServicePort, Skipped, TlsMode,
 };
 
 mod endpoints;
 pub mod proxyless;
 mod shared;
-use crate::snapshot::{InconsistentSnapshot, Resource, ResourceType, Snapshot, SnapshotSet};
+mod template;
+use crate::snapshot::{
+    InconsistentSnapshot, Resource, ResourceType, Snapshot, SnapshotSet, XdsResource,
+};
 use endpoints::EndpointCache;
 use shared::{Assembled, SharedPiece, SharedPort, Sharing};
+use template::{Templates, Values};
 
 pub use envoy::router_filter;
 
@@ -432,6 +436,8 @@ pub struct Translator {
     /// Each Service's endpoints, encoded slice by slice (a cache of the model: it stays
     /// right whether or not an update is committed).
     endpoint_caches: BTreeMap<ServiceKey, EndpointCache>,
+    /// How a Service port's cluster, route table and listeners are encoded.
+    encoders: Encoders,
     /// Fail the next build (tests of the retry).
     #[cfg(test)]
     pub(crate) fail_next_build: bool,
@@ -444,6 +450,7 @@ impl Translator {
             tls_termination: true,
             state: State::default(),
             endpoint_caches: BTreeMap::new(),
+            encoders: Encoders::default(),
             #[cfg(test)]
             fail_next_build: false,
         }
@@ -523,6 +530,7 @@ impl Translator {
                             },
                             owners,
                             cache,
+                            &mut self.encoders,
                             state.outputs.get(key).map(Arc::as_ref),
                         ))
                     }
@@ -862,6 +870,7 @@ fn translate<'a>(
     inputs: Inputs<'_>,
     owners: impl Fn(&PortClaim) -> Option<(&'a ServiceKey, Sharing)>,
     cache: &mut EndpointCache,
+    encoders: &mut Encoders,
     old: Option<&Output>,
 ) -> Output {
     let Inputs {
@@ -912,6 +921,7 @@ fn translate<'a>(
             secret.is_some(),
             tls_termination,
             structure,
+            encoders,
         ),
     };
     if let (Some(name), Some(secret)) = (service.tls_secret(), secret) {
@@ -962,6 +972,7 @@ fn translate_service(
     secret_present: bool,
     tls_termination: bool,
     structure: u128,
+    encoders: &mut Encoders,
 ) -> Output {
     let mut output = Output {
         structure,
@@ -970,11 +981,9 @@ fn translate_service(
     let how = sharing(service);
     for (port, role) in service.ports.iter().zip(roles) {
         let name = cluster_name(key, port);
-        output.clusters.push(Resource::new(&envoy::cluster(
-            &name,
-            port,
-            service.proxy_protocol,
-        )));
+        output
+            .clusters
+            .push(encoders.cluster(&name, port.kind, service.proxy_protocol));
         if port.kind == PortKind::Grpc {
             output
                 .proxyless
@@ -1063,32 +1072,108 @@ fn translate_service(
             }
         }
         let route = port.kind.is_http().then(|| name.clone());
-        if let Some(route) = &route {
-            output.routes.insert(
-                route.clone(),
-                Resource::new(&envoy::route_configuration(route, &name, port.kind)),
-            );
+        if route.is_some() {
+            output
+                .routes
+                .insert(name.clone(), encoders.route(&name, port.kind));
         }
         for family in Family::BOTH {
-            let listener = envoy::listener(
-                &listener_name(key, port, family),
-                family,
-                port,
-                &name,
-                route.as_deref().unwrap_or_default(),
-            );
-            let references = route
-                .iter()
-                .map(|r| (ResourceType::Route, r.clone()))
-                .collect();
-            output.listeners.push((
-                family,
-                Resource::with_references(&listener, references),
-                route.clone(),
-            ));
+            let listener =
+                encoders.listener(&listener_name(key, port, family), family, port, &name);
+            output.listeners.push((family, listener, route.clone()));
         }
     }
     output
+}
+
+/// The encoders of a Service port's own cluster, route table and listeners: templates
+/// by shape, filled with the port's names and listener port.
+#[derive(Debug, Default)]
+struct Encoders {
+    clusters: Templates<(PortKind, Option<ProxyProtocol>)>,
+    routes: Templates<PortKind>,
+    listeners: Templates<(PortKind, Family)>,
+}
+
+impl Encoders {
+    /// [`envoy::cluster`], encoded.
+    fn cluster(
+        &mut self,
+        name: &str,
+        kind: PortKind,
+        proxy_protocol: Option<ProxyProtocol>,
+    ) -> Resource {
+        let values = Values {
+            texts: &[name],
+            port: 0,
+        };
+        let encoded = self.clusters.encode((kind, proxy_protocol), values, |v| {
+            envoy::cluster(v.texts[0], &port_of(kind, 0), proxy_protocol)
+        });
+        let references = vec![(ResourceType::Endpoint, name.to_owned())];
+        debug_assert_eq!(
+            references,
+            envoy::cluster(name, &port_of(kind, 0), proxy_protocol).references()
+        );
+        Resource::from_encoded_with_references(ResourceType::Cluster, name, &encoded, references)
+    }
+
+    /// [`envoy::route_configuration`] named as its cluster, encoded.
+    fn route(&mut self, name: &str, kind: PortKind) -> Resource {
+        let values = Values {
+            texts: &[name],
+            port: 0,
+        };
+        let encoded = self.routes.encode(kind, values, |v| {
+            envoy::route_configuration(v.texts[0], v.texts[0], kind)
+        });
+        Resource::from_encoded(ResourceType::Route, name, &encoded)
+    }
+
+    /// [`envoy::listener`] of an exclusive port, encoded; an HTTP one takes its routes
+    /// from the route table named as its cluster.
+    fn listener(
+        &mut self,
+        name: &str,
+        family: Family,
+        port: &ServicePort,
+        cluster: &str,
+    ) -> Resource {
+        let kind = port.kind;
+        let build = |v: Values<'_>| {
+            let route = if kind.is_http() { v.texts[1] } else { "" };
+            envoy::listener(
+                v.texts[0],
+                family,
+                &port_of(kind, v.port as u16),
+                v.texts[1],
+                route,
+            )
+        };
+        let values = Values {
+            texts: &[name, cluster],
+            port: port.listener_port.into(),
+        };
+        let encoded = self.listeners.encode((kind, family), values, build);
+        let references: Vec<(ResourceType, String)> = kind
+            .is_http()
+            .then(|| (ResourceType::Route, cluster.to_owned()))
+            .into_iter()
+            .collect();
+        debug_assert_eq!(references, build(values).references());
+        Resource::from_encoded_with_references(ResourceType::Listener, name, &encoded, references)
+    }
+}
+
+/// A Service port of this kind on this listener port, as the encoders' messages see it
+/// (they read nothing else of it).
+fn port_of(kind: PortKind, listener_port: u16) -> ServicePort {
+    ServicePort {
+        name: String::new(),
+        port: 0,
+        kind,
+        listener_port,
+    }
 }
 
 fn sharing_name(how: Sharing) -> &'static str {
