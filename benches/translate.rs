@@ -4,8 +4,8 @@
 //! rebuild, one Service's endpoints changed, one Service's hosts changed, one Secret
 //! rotated, and what Envoy is sent for each.
 //!
-//! Run: `cargo bench --bench translate [-- FIGURES]`, FIGURES any of `1x10000`,
-//! `100x100`, `10000x1` and `shared` (all when none is named).
+//! Run: `cargo bench --bench translate [-- FIGURES] [--shared-services N]`, FIGURES any
+//! of `1x10000`, `100x100`, `10000x1` and `shared` (all when none is named).
 
 mod report;
 
@@ -87,9 +87,10 @@ fn main() {
     );
     // `cargo bench --bench translate -- 10000x1 shared`: only the figures named (by
     // shape, or `shared` for the shared-port ones); none named: all of them.
+    const FIGURES: [&str; 4] = ["1x10000", "100x100", "10000x1", "shared"];
     let only: Vec<String> = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with("--"))
+        .filter(|a| FIGURES.contains(&a.as_str()))
         .collect();
     let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     for (services, endpoints) in [(1, 10_000), (100, 100), (10_000, 1)] {
@@ -230,14 +231,15 @@ fn median_ms(samples: &mut [f64]) -> f64 {
 }
 
 fn shared_ports(report: &mut report::Report) {
-    const N: usize = 1_000;
+    // `--shared-services n` (default 1,000).
+    let n = report::arg("--shared-services", 1_000) as usize;
     for (tls, label) in [(false, "hosts"), (true, "sni_terminate")] {
-        let mut m = shared_model(N, tls);
+        let mut m = shared_model(n, tls);
         let mut translator = Translator::new(Family::IPv4);
         let t = Instant::now();
         let mut last = translator.update(&m, None).unwrap();
         let full = t.elapsed().as_secs_f64() * 1e3;
-        let key = m.services.keys().nth(N / 2).unwrap().clone();
+        let key = m.services.keys().nth(n / 2).unwrap().clone();
         let s = m.services.keys().position(|k| *k == key).unwrap();
         let one: BTreeSet<ServiceKey> = [key.clone()].into();
 
@@ -277,22 +279,22 @@ fn shared_ports(report: &mut report::Report) {
             last = set;
         }
         let (endpoint_med, hosts_med) = (median_ms(&mut endpoint_ms), median_ms(&mut hosts_ms));
-        report.record(&format!("shared_{label}_{N}_full_ms"), full);
+        report.record(&format!("shared_{label}_{n}_full_ms"), full);
         report.record(
-            &format!("shared_{label}_{N}_endpoint_change_median_ms"),
+            &format!("shared_{label}_{n}_endpoint_change_median_ms"),
             endpoint_med,
         );
         report.record(
-            &format!("shared_{label}_{N}_hosts_change_median_ms"),
+            &format!("shared_{label}_{n}_hosts_change_median_ms"),
             hosts_med,
         );
         let resent: usize = hosts_sent.iter().map(|s| s.2).sum();
         report.record(
-            &format!("shared_{label}_{N}_hosts_change_bytes"),
+            &format!("shared_{label}_{n}_hosts_change_bytes"),
             resent as f64,
         );
         println!(
-            "{N} Services sharing one port ({}): full rebuild {full:.1} ms; one Service's endpoints changed: median {endpoint_med:.3} ms, sent: {}; one Service's hosts changed: median {hosts_med:.3} ms, sent: {}",
+            "{n} Services sharing one port ({}): full rebuild {full:.1} ms; one Service's endpoints changed: median {endpoint_med:.3} ms, sent: {}; one Service's hosts changed: median {hosts_med:.3} ms, sent: {}",
             if tls { "SNI, TLS terminated" } else { "Host" },
             describe(&endpoint_sent),
             describe(&hosts_sent),
@@ -327,7 +329,7 @@ fn shared_ports(report: &mut report::Report) {
             );
             let rotate_med = median_ms(&mut rotate_ms);
             report.record(
-                &format!("shared_{label}_{N}_secret_rotation_median_ms"),
+                &format!("shared_{label}_{n}_secret_rotation_median_ms"),
                 rotate_med,
             );
             println!(

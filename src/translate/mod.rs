@@ -579,23 +579,34 @@ impl State {
             );
             // Listener ports change hands only when claims change: other Services are
             // retranslated then, not when only endpoints move.
+            // A claimant's role on a port depends on the first claimant only (who it is,
+            // and how it uses the port): the others are retranslated when that changes,
+            // not whenever one joins or leaves (which, for Services sharing a port by
+            // Host, would make a full translation quadratic in their number).
             if !same_claims {
                 for (claim, _) in was.iter().flat_map(|k| &k.claims) {
                     let owners = plan.owners_mut(self, *claim);
+                    let before = first_claimant(owners);
                     owners.remove(key);
-                    let others: Vec<ServiceKey> = owners.keys().cloned().collect();
-                    plan.dirty.extend(others);
+                    if first_claimant(owners) != before {
+                        let others: Vec<ServiceKey> = owners.keys().cloned().collect();
+                        plan.dirty.extend(others);
+                    }
                 }
             }
             let record = match (current, claims) {
                 (Some((_, digest)), Some(claims)) => {
                     if !same_claims {
                         for (claim, how) in &claims {
-                            // Whoever held the port may lose it: retranslate every claimant.
                             let owners = plan.owners_mut(self, *claim);
-                            let others: Vec<ServiceKey> = owners.keys().cloned().collect();
+                            let before = first_claimant(owners);
                             owners.insert(key.clone(), *how);
-                            plan.dirty.extend(others);
+                            if first_claimant(owners) != before {
+                                // Whoever held the port may lose it.
+                                let others: Vec<ServiceKey> =
+                                    owners.keys().filter(|k| *k != key).cloned().collect();
+                                plan.dirty.extend(others);
+                            }
                         }
                     }
                     Some(Known { digest, claims })
@@ -797,6 +808,12 @@ impl State {
         }
         self.groups = assembly.groups;
     }
+}
+
+/// The claimant that decides how a listener port is used (the first in key order), and
+/// how it uses it.
+fn first_claimant(owners: &BTreeMap<ServiceKey, Sharing>) -> Option<(ServiceKey, Sharing)> {
+    owners.iter().next().map(|(key, how)| (key.clone(), *how))
 }
 
 /// The keys of two sorted sequences, in order, each once.

@@ -863,3 +863,69 @@ fn merging_many_changes_at_once_matches_applying_them_one_by_one() {
     let keys: Vec<&u32> = union([1, 3, 5].iter(), [2, 3, 6].iter()).collect();
     assert_eq!(keys, [&1, &2, &3, &5, &6]);
 }
+
+/// Joining or leaving a shared port retranslates the other claimants only when the first
+/// claimant (who decides how the port is used) changes; the result is the same either way.
+#[test]
+fn only_a_new_first_claimant_retranslates_a_ports_other_claimants() {
+    use std::collections::BTreeSet;
+    let mut t = Translator::new(Family::IPv4);
+    let mut m = model(vec![
+        with_hosts("b", 8080, PortKind::Http, &["b.example.com"]),
+        with_hosts("c", 8080, PortKind::Http, &["c.example.com"]),
+    ]);
+    t.update(&m, None).unwrap();
+    let dirty = |t: &Translator, m: &Model, changed: &[&str]| -> Vec<String> {
+        let changed: BTreeSet<ServiceKey> = changed.iter().map(|n| key(n)).collect();
+        t.state
+            .plan(m, Some(&changed), Family::IPv4)
+            .dirty
+            .iter()
+            .map(|k| k.name.clone())
+            .collect()
+    };
+    // "d" joins after the first: only "d".
+    let d = with_hosts("d", 8080, PortKind::Http, &["d.example.com"]);
+    m.endpoints.insert(d.key.clone(), dual_endpoints());
+    m.services.insert(d.key.clone(), d);
+    assert_eq!(dirty(&t, &m, &["d"]), ["d"]);
+    t.update(&m, Some(&[key("d")].into())).unwrap();
+    // "a" joins first, exclusively: everyone loses the port.
+    let mut a = service("a", 80, PortKind::Tcp);
+    a.ports[0].listener_port = 8080;
+    m.endpoints.insert(a.key.clone(), dual_endpoints());
+    m.services.insert(a.key.clone(), a);
+    assert_eq!(dirty(&t, &m, &["a"]), ["a", "b", "c", "d"]);
+    t.update(&m, Some(&[key("a")].into())).unwrap();
+    assert_eq!(t.conflicts().len(), 3);
+    // "c" leaves: only "c"; "a" leaves: the others get the port back.
+    m.services.remove(&key("c"));
+    assert_eq!(dirty(&t, &m, &["c"]), ["c"]);
+    t.update(&m, Some(&[key("c")].into())).unwrap();
+    m.services.remove(&key("a"));
+    assert_eq!(dirty(&t, &m, &["a"]), ["a", "b", "d"]);
+    let set = t.update(&m, Some(&[key("a")].into())).unwrap();
+    assert!(t.conflicts().is_empty(), "{:?}", t.conflicts());
+    assert_eq!(
+        names(group(&set, "IPv4"), ResourceType::Listener),
+        ["shared-http:8080:ipv4"]
+    );
+    // The same as a translator that sees only the end state.
+    let fresh = Translator::new(Family::IPv4).update(&m, None).unwrap();
+    let versions = |set: &SnapshotSet| -> Vec<(String, String, String)> {
+        set.groups()
+            .flat_map(|(group, snapshot)| {
+                ResourceType::ALL.into_iter().flat_map(move |ty| {
+                    snapshot.resources(ty).iter().map(move |r| {
+                        (
+                            group.to_owned(),
+                            r.name().to_string(),
+                            r.version().to_string(),
+                        )
+                    })
+                })
+            })
+            .collect()
+    };
+    assert_eq!(versions(&set), versions(&fresh));
+}
