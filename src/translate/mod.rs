@@ -1162,14 +1162,14 @@ impl Encoders {
             envoy::listener(
                 v.texts[0],
                 family,
-                &port_of(kind, v.port as u16),
+                &port_of(kind, v.port),
                 v.texts[1],
                 route,
             )
         };
         let values = Values {
             texts: &[name, cluster],
-            port: port.listener_port.into(),
+            port: port.listener_port,
         };
         let encoded = self.listeners.encode((kind, family), values, build);
         let references: Vec<(ResourceType, String)> = kind

@@ -15,11 +15,11 @@ use std::ops::Range;
 use prost::encoding::{encode_varint, encoded_len_varint};
 use prost::Message;
 
-/// The variable parts of a message: strings, and one port (0 when it has none).
+/// The variable parts of a message: strings, and one TCP/UDP port (0 when it has none).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Values<'a> {
     pub texts: &'a [&'a str],
-    pub port: u32,
+    pub port: u16,
 }
 
 /// What a template is kept by: the message shape, the length of each string, and the
@@ -113,7 +113,7 @@ impl<S: Clone + Eq + std::hash::Hash + std::fmt::Debug> Templates<S> {
 }
 
 /// The length of a port's varint, 0 for port 0 (left out).
-fn port_len(port: u32) -> usize {
+fn port_len(port: u16) -> usize {
     if port == 0 {
         0
     } else {
@@ -121,16 +121,14 @@ fn port_len(port: u32) -> usize {
     }
 }
 
-/// Two ports whose varints have `len` bytes and differ in every byte: the smallest and
-/// the largest of that length.
-fn stand_in_ports(len: usize) -> (u32, u32) {
+/// Two ports whose varints have `len` bytes (1 to 3) and differ in every byte: the
+/// smallest and the largest of that length.
+fn stand_in_ports(len: usize) -> (u16, u16) {
     match len {
         0 => (0, 0),
-        len => {
-            let bits = 7 * len as u32;
-            let low = if len == 1 { 1 } else { 1 << (bits - 7) };
-            (low, ((1u64 << bits) - 1).min(u64::from(u32::MAX)) as u32)
-        }
+        1 => (1, 127),
+        2 => (128, 16383),
+        _ => (16384, u16::MAX),
     }
 }
 
@@ -156,7 +154,7 @@ impl Template {
         let fill = |c: char, len: usize| c.to_string().repeat(len);
         let base_texts: Vec<String> = lengths.iter().map(|&len| fill('a', len)).collect();
         let (port, other_port) = stand_in_ports(port_len);
-        let encode = |texts: &[String], port: u32| {
+        let encode = |texts: &[String], port: u16| {
             let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
             build(Values {
                 texts: &texts,
@@ -198,7 +196,8 @@ impl Template {
         let probe: Vec<&str> = probe.iter().map(String::as_str).collect();
         let values = Values {
             texts: &probe,
-            port: ((u64::from(port) + u64::from(other_port)) / 2) as u32,
+            // Between the stand-ins: a varint of the same length (0 stays 0).
+            port: port + u16::from(port != 0),
         };
         (template.fill(values) == build(values).encode_to_vec()).then_some(template)
     }
@@ -230,7 +229,7 @@ mod tests {
             name: "http".into(),
             port: 80,
             kind: PortKind::Http,
-            listener_port: values.port as u16,
+            listener_port: values.port,
         };
         envoy::listener(
             values.texts[0],
@@ -249,7 +248,7 @@ mod tests {
         let names = ["a", "shop/web:80:ipv6", "x".repeat(130).as_str(), ""].map(str::to_owned);
         for name in &names {
             for cluster in ["shop/web:80", "ns/other:8443", ""] {
-                for port in [0u32, 1, 80, 127, 128, 8080, 16383, 16384, 65535] {
+                for port in [0u16, 1, 80, 127, 128, 8080, 16383, 16384, 50051, 65535] {
                     let values = Values {
                         texts: &[name, cluster],
                         port,
@@ -263,8 +262,10 @@ mod tests {
                 }
             }
         }
-        // One template per combination of lengths, however many ports and names.
+        // One template per combination of lengths, however many ports and names, and
+        // every one of them found (none fell back to encoding whole).
         assert_eq!(templates.len(), names.len() * 3 * 4);
+        assert!(templates.kept.values().all(Option::is_some));
     }
 
     /// A message that does not copy its values as they are is encoded whole, and right.
@@ -293,7 +294,7 @@ mod tests {
 
     #[test]
     fn stand_in_ports_have_the_length_asked_and_differ_in_every_byte() {
-        for len in 1..=5 {
+        for len in 1..=3 {
             let (low, high) = stand_in_ports(len);
             assert_eq!(port_len(low), len);
             assert_eq!(port_len(high), len);
