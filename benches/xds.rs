@@ -248,7 +248,7 @@ async fn server_main(streams: usize, clusters: usize) {
 
 /// The encoded size of every cluster and ClusterLoadAssignment of `snapshot` in SotW and
 /// in Delta responses (the resources field of each; Delta's also carries the name and the
-/// 32-digit version).
+/// 11-character version).
 fn sync_bytes(snapshot: &Snapshot) -> (usize, usize) {
     use prost::encoding::encoded_len_varint;
     let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
@@ -257,7 +257,8 @@ fn sync_bytes(snapshot: &Snapshot) -> (usize, usize) {
         for r in snapshot.resources(ty).iter() {
             let any = r.encoded_any().len();
             sotw += field(any);
-            delta += field(field(32) + field(any) + field(r.name().len()));
+            delta +=
+                field(field(r.version().to_string().len()) + field(any) + field(r.name().len()));
         }
     }
     (sotw, delta)

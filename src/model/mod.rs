@@ -134,17 +134,20 @@ impl FromStr for ListenerFamilies {
 
 /// An object's identity: its namespace and name (a Service, an EndpointSlice, a
 /// ConfigMap; which kind is always clear from where the key is used).
+///
+/// Translation keeps several records per Service keyed by it: shared strings make a
+/// copy two reference counts instead of two allocations.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 /// A Service's identity.
 pub type ServiceKey = ObjectKey;
 
 impl ObjectKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl Into<Arc<str>>, name: impl Into<Arc<str>>) -> Self {
         ObjectKey {
             namespace: namespace.into(),
             name: name.into(),

@@ -239,7 +239,7 @@ impl ModelStore {
                         .model
                         .endpoints
                         .get(&converted.service)
-                        .and_then(|e| e.slices.get(&key.name))
+                        .and_then(|e| e.slices.get(&*key.name))
                         .is_some_and(|s| s.digest() == converted.slice.digest());
                     if same {
                         return Changed::Nothing;
@@ -251,7 +251,7 @@ impl ModelStore {
                     .entry(converted.service.clone())
                     .or_default()
                     .slices
-                    .insert(key.name.clone(), Arc::new(converted.slice));
+                    .insert(key.name.to_string(), Arc::new(converted.slice));
                 self.slices.insert(key, Some(converted.service.clone()));
                 changed.add(converted.service);
                 changed
@@ -282,7 +282,7 @@ impl ModelStore {
             return Changed::Nothing;
         };
         if let Some(endpoints) = self.model.endpoints.get_mut(&service) {
-            endpoints.slices.remove(&key.name);
+            endpoints.slices.remove(&*key.name);
             if endpoints.slices.is_empty() {
                 self.model.endpoints.remove(&service);
             }

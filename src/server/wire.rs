@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
 use super::protocol::{DeltaResponse, Resources, SotwResponse};
-use crate::snapshot::Resource;
+use crate::snapshot::{Resource, Version};
 
 /// Chunks are about this large; resources this large or larger go out by reference.
 const CHUNK: usize = 32 * 1024;
@@ -87,7 +87,7 @@ impl Writer {
     fn write(&mut self, resource: &Resource) {
         let any = resource.encoded_any();
         if self.delta {
-            let version = resource.version().hex();
+            let version = resource.version().text();
             put_header(tag::RESOURCES, delta_resource_len(resource), &mut self.buf);
             put_header(tag::RESOURCE_VERSION, version.len(), &mut self.buf);
             self.buf.put_slice(&version);
@@ -245,8 +245,7 @@ impl From<DeltaResponse> for Frames {
 
 /// Encoded length of an `envoy.service.discovery.v3.Resource` wrapping `resource`.
 fn delta_resource_len(resource: &Resource) -> usize {
-    const VERSION_HEX_LEN: usize = 32;
-    bytes_field_len(tag::RESOURCE_VERSION, VERSION_HEX_LEN)
+    bytes_field_len(tag::RESOURCE_VERSION, Version::TEXT_LEN)
         + bytes_field_len(tag::RESOURCE_BODY, resource.encoded_any().len())
         + bytes_field_len(tag::RESOURCE_NAME, resource.name().len())
 }

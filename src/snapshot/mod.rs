@@ -170,16 +170,14 @@ impl SnapshotBuilder {
 
     /// Adds or replaces an already encoded resource.
     pub fn upsert_resource(&mut self, ty: ResourceType, resource: Resource) -> &mut Self {
-        let name = resource.name().clone();
-        let version = resource.version();
-        let references = resource.references_shared();
+        let new = resource.clone();
         match self.next.types[ty.index()].insert(resource) {
             // The same content: the same references, nothing to check.
-            Some(old) if old.version() == version => {}
+            Some(old) if old.version() == new.version() => {}
             old => {
-                self.add_references(&references);
+                self.add_references(new.references());
                 if ty.referenced_by().is_some() {
-                    self.touched[ty.index()].push(name);
+                    self.touched[ty.index()].push(new.name().clone());
                 }
                 if let Some(old) = old {
                     self.drop_references(old.references());
@@ -212,14 +210,27 @@ impl SnapshotBuilder {
         self
     }
 
+    /// Takes every resource of type `ty` from `other` as they are, for a group whose own
+    /// resources reference the same ones: unlike [`share`](Self::share), what this
+    /// builder's resources reference stays its own, and the names whose resources
+    /// changed are checked against it when built.
+    pub fn share_checked(&mut self, other: &Snapshot, ty: ResourceType) -> &mut Self {
+        let shared = other.types[ty.index()].clone();
+        let old = std::mem::replace(&mut self.next.types[ty.index()], shared);
+        if ty.referenced_by().is_some() {
+            let changed = old.changes_to(&self.next.types[ty.index()]);
+            self.touched[ty.index()].extend(changed.map(|change| change.name().clone()));
+        }
+        self
+    }
+
     fn add_references(&mut self, references: &[(ResourceType, Arc<str>)]) {
         for (target, name) in references {
+            // Most names are new in the builds that put many (a full one): one walk of
+            // the tree for them, two for a name already counted.
             let counts = &mut self.next.referenced[target.index()];
-            match counts.get_mut(name) {
-                Some(count) => *count += 1,
-                None => {
-                    counts.insert(name.clone(), 1);
-                }
+            if let Some(count) = counts.insert(name.clone(), 1) {
+                counts.insert(name.clone(), count + 1);
             }
             self.touched[target.index()].push(name.clone());
         }

@@ -125,26 +125,35 @@ impl Version {
         Version(xxhash_rust::xxh3::xxh3_128(bytes))
     }
 
-    /// The version as its 32 lowercase hex digits (what `Display` writes), without
-    /// allocating: Delta responses carry one per resource, to every stream.
-    pub fn hex(&self) -> [u8; 32] {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
+    /// The length of a version's text.
+    pub const TEXT_LEN: usize = 11;
+
+    /// The version as text (what `Display` writes), without allocating: the high 64 bits
+    /// of the hash as 11 characters of unpadded base64url. Delta responses carry one per
+    /// resource to every stream, so its length is bytes on every wire: 32 hex digits
+    /// made a Delta sync of 10,000 clusters and their endpoints 8% larger. 64 bits keep
+    /// a changed resource from reusing a version with a chance of 2^-64 per change.
+    pub fn text(&self) -> [u8; Self::TEXT_LEN] {
+        const DIGITS: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        // 64 bits padded to 66 (11 digits of 6), as base64 pads a last partial digit.
+        let bits = (self.0 >> 64) << 2;
+        let mut out = [0u8; Self::TEXT_LEN];
         for (i, digit) in out.iter_mut().enumerate() {
-            *digit = DIGITS[((self.0 >> (124 - 4 * i)) & 0xf) as usize];
+            *digit = DIGITS[((bits >> (60 - 6 * i)) & 0x3f) as usize];
         }
         out
     }
 
     /// Whether `text` is this version as `Display` writes it.
     pub fn is(&self, text: &str) -> bool {
-        text.as_bytes() == self.hex()
+        text.as_bytes() == self.text()
     }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(std::str::from_utf8(&self.hex()).expect("hex digits"))
+        f.write_str(std::str::from_utf8(&self.text()).expect("base64url characters"))
     }
 }
 
@@ -261,12 +270,18 @@ impl XdsResource for RouteConfiguration {
 
 /// A resource as served: encoded once, shared by every stream. The bytes are the
 /// encoded `google.protobuf.Any`, written into responses as they are.
+///
+/// One pointer: snapshots, per-Service records and the lists streams are sent hold and
+/// move resources by the ten thousand, and a clone is one reference count.
 #[derive(Clone, Debug)]
-pub struct Resource {
+pub struct Resource(Arc<Encoded>);
+
+#[derive(Debug)]
+struct Encoded {
     name: Arc<str>,
     version: Version,
     any: Bytes,
-    references: Arc<[(ResourceType, Arc<str>)]>,
+    references: Box<[(ResourceType, Arc<str>)]>,
 }
 
 impl Resource {
@@ -291,80 +306,77 @@ impl Resource {
         let start = any.len();
         message.encode(&mut any).expect("a Vec grows to any length");
         let version = Version::of_bytes(&any[start..]);
-        let references: Vec<(ResourceType, Arc<str>)> = references
-            .into_iter()
-            .map(|(ty, name)| (ty, Arc::from(name)))
-            .collect();
-        Resource {
+        debug_assert_eq!(any.len(), any.capacity());
+        Resource(Arc::new(Encoded {
             name: Arc::from(message.resource_name()),
-            version,
-            any: Bytes::from(any),
-            references: references.into(),
-        }
-    }
-
-    /// A resource whose message is already encoded (`value`, the bytes of the message
-    /// itself), as translation assembles ClusterLoadAssignments from encoded pieces.
-    pub fn from_encoded(ty: ResourceType, name: &str, value: &[u8]) -> Self {
-        Self::from_encoded_with_references(ty, name, value, Vec::new())
-    }
-
-    /// [`Resource::from_encoded`], for a resource that references others.
-    pub fn from_encoded_with_references(
-        ty: ResourceType,
-        name: &str,
-        value: &[u8],
-        references: Vec<(ResourceType, String)>,
-    ) -> Self {
-        let version = Version::of_bytes(value);
-        let mut any = any_head(ty, value.len());
-        any.extend_from_slice(value);
-        Resource {
-            name: Arc::from(name),
             version,
             any: Bytes::from(any),
             references: references
                 .into_iter()
                 .map(|(ty, name)| (ty, Arc::from(name)))
                 .collect(),
-        }
+        }))
+    }
+
+    /// A resource whose message is already encoded (`value`, the bytes of the message
+    /// itself), as translation assembles ClusterLoadAssignments from encoded pieces.
+    pub fn from_encoded(ty: ResourceType, name: &str, value: &[u8]) -> Self {
+        Self::from_encoded_with_references(ty, name.into(), value, Vec::new())
+    }
+
+    /// [`Resource::from_encoded`], for a resource that references others. Names are
+    /// shared: a Service port's cluster, its endpoints and its route table have one.
+    pub fn from_encoded_with_references(
+        ty: ResourceType,
+        name: Arc<str>,
+        value: &[u8],
+        references: Vec<(ResourceType, Arc<str>)>,
+    ) -> Self {
+        let version = Version::of_bytes(value);
+        let mut any = any_head(ty, value.len());
+        any.extend_from_slice(value);
+        debug_assert_eq!(any.len(), any.capacity());
+        Resource(Arc::new(Encoded {
+            name,
+            version,
+            any: Bytes::from(any),
+            references: references.into(),
+        }))
     }
 
     pub fn name(&self) -> &Arc<str> {
-        &self.name
+        &self.0.name
     }
 
     pub fn version(&self) -> Version {
-        self.version
+        self.0.version
     }
 
     /// The encoded `Any`, shared by every response that carries this resource.
     pub fn encoded_any(&self) -> &Bytes {
-        &self.any
+        &self.0.any
     }
 
     /// The resource as a protobuf `Any` (a copy; responses use [`Resource::encoded_any`]).
     pub fn to_any(&self) -> Any {
-        Any::decode(self.any.clone()).expect("encoded by Resource::new")
+        Any::decode(self.0.any.clone()).expect("encoded by Resource::new")
     }
 
     /// What this resource depends on (see [`XdsResource::references`]).
     pub fn references(&self) -> &[(ResourceType, Arc<str>)] {
-        &self.references
-    }
-
-    /// [`Resource::references`], shared.
-    pub(crate) fn references_shared(&self) -> Arc<[(ResourceType, Arc<str>)]> {
-        self.references.clone()
+        &self.0.references
     }
 }
 
 /// An encoded `google.protobuf.Any` of type `ty` up to its value, whose `value_len`
-/// bytes the caller appends (room for them is reserved).
+/// bytes the caller appends (room for exactly them is reserved: `Bytes` takes a full
+/// `Vec` as it is, and one with room to spare with an allocation of its own).
 fn any_head(ty: ResourceType, value_len: usize) -> Vec<u8> {
-    use prost::encoding::{encode_key, encode_varint, WireType};
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
     let type_url = ty.type_url();
-    let mut any = Vec::with_capacity(type_url.len() + value_len + 16);
+    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let total = field(type_url.len()) + if value_len > 0 { field(value_len) } else { 0 };
+    let mut any = Vec::with_capacity(total);
     // google.protobuf.Any: type_url = 1, value = 2 (left out when empty, as prost does).
     encode_key(1, WireType::LengthDelimited, &mut any);
     encode_varint(type_url.len() as u64, &mut any);
@@ -379,7 +391,7 @@ fn any_head(ty: ResourceType, value_len: usize) -> Vec<u8> {
 /// Two resources are equal when their content is: this is what snapshot diffs compare.
 impl PartialEq for Resource {
     fn eq(&self, other: &Self) -> bool {
-        self.version == other.version && self.name == other.name
+        self.version() == other.version() && self.name() == other.name()
     }
 }
 

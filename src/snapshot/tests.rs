@@ -154,20 +154,24 @@ fn listener_references_its_rds_route() {
 }
 
 #[test]
-fn a_version_is_written_as_32_hex_digits_without_formatting() {
+fn a_version_is_written_as_11_base64url_characters_without_formatting() {
+    use base64::Engine;
     for value in [
         0u128,
         1,
         0xdead_beef,
         u128::MAX,
         0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        0xfc00_0000_0000_0003 << 64,
     ] {
         let version = Version(value);
-        let expected = format!("{value:032x}");
-        assert_eq!(version.hex(), expected.as_bytes());
+        let high = ((value >> 64) as u64).to_be_bytes();
+        let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(high);
+        assert_eq!(expected.len(), Version::TEXT_LEN);
+        assert_eq!(version.text(), expected.as_bytes());
         assert_eq!(version.to_string(), expected);
         assert!(version.is(&expected));
-        assert!(!version.is(&format!("{:032x}", value ^ 1)));
+        assert!(!version.is(&Version(value ^ (1 << 64)).to_string()));
         assert!(!version.is(&expected[1..]));
     }
 }
@@ -240,4 +244,57 @@ fn large_and_small_changes_are_checked_alike() {
     ];
     assert_eq!(small, expected);
     assert_eq!(large, expected);
+}
+
+#[test]
+fn a_shared_type_is_checked_against_the_sharing_builders_own_references() {
+    // The dual-stack group: listeners of both families, two route tables.
+    let mut dual = Snapshot::builder();
+    dual.upsert(&http_listener("a-v4", "0.0.0.0", 80, "a"))
+        .upsert(&http_listener("a-v6", "::", 80, "a"))
+        .upsert(&http_listener("b-v6", "::", 81, "b"))
+        .upsert(&route_to("a", "x"))
+        .upsert(&route_to("b", "x"));
+    // Many others, so that a small change is checked by the names it touched.
+    let others: Vec<String> = (0..20).map(|i| format!("other-{i}")).collect();
+    for (i, name) in others.iter().enumerate() {
+        dual.upsert(&http_listener(name, "::", 1000 + i as u16, name))
+            .upsert(&route_to(name, "x"));
+    }
+    let dual = dual.build().unwrap();
+    // A group whose listeners reference every shared route table builds.
+    let mut full = Snapshot::builder();
+    full.upsert(&http_listener("a-v4", "0.0.0.0", 80, "a"))
+        .upsert(&http_listener("b-v4", "0.0.0.0", 81, "b"));
+    for (i, name) in others.iter().enumerate() {
+        full.upsert(&http_listener(name, "0.0.0.0", 1000 + i as u16, name));
+    }
+    full.share_checked(&dual, ResourceType::Route);
+    let full = full.build().unwrap();
+    assert_eq!(full.resources(ResourceType::Route).len(), 22);
+    // One whose listeners do not reference "b" is refused, as if it had put "b" itself.
+    let mut partial = Snapshot::builder();
+    partial
+        .upsert(&http_listener("a-v4", "0.0.0.0", 80, "a"))
+        .share_checked(&dual, ResourceType::Route);
+    let err = partial.build().unwrap_err();
+    assert_eq!(
+        err.problems[0],
+        "rds resource \"b\" is not referenced by any listener"
+    );
+    assert_eq!(err.problems.len(), 1 + others.len(), "b and the others");
+    // A later edit: the shared set loses "b" while this group's listener still uses it
+    // (nothing else of the group changed: only the shared change points at "b").
+    let mut dual_without_b = dual.edit();
+    dual_without_b
+        .remove(ResourceType::Listener, "b-v6")
+        .remove(ResourceType::Route, "b");
+    let dual_without_b = dual_without_b.build().unwrap();
+    let mut next = full.edit();
+    next.share_checked(&dual_without_b, ResourceType::Route);
+    let err = next.build().unwrap_err();
+    assert_eq!(
+        err.problems,
+        ["a listener references rds resource \"b\", which is missing"]
+    );
 }

@@ -32,8 +32,8 @@ pub const CONFIG_PRIMARY_FAMILY_KEY: &str = "primaryFamily";
 /// An object's identity (a missing namespace is `default`, as kubectl has it).
 pub fn key_of(meta: &ObjectMeta) -> ObjectKey {
     ObjectKey {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
-        name: meta.name.clone().unwrap_or_default(),
+        namespace: meta.namespace.as_deref().unwrap_or("default").into(),
+        name: meta.name.as_deref().unwrap_or_default().into(),
     }
 }
 
@@ -173,7 +173,7 @@ fn convert_service(object: &K8sService, key: &ServiceKey) -> Result<Service, Str
             let secret = secret.trim();
             check_subdomain(ANNOTATION_TLS_SECRET, secret)?;
             Some(TlsMode::Terminate {
-                secret: ObjectKey::new(&key.namespace, secret),
+                secret: ObjectKey::new(key.namespace.clone(), secret),
             })
         }
         (Some("terminate"), None) => {
@@ -354,7 +354,7 @@ fn convert_slice(
         }
     }
     Ok(Some(SliceEndpoints {
-        service: ObjectKey::new(&key.namespace, service),
+        service: ObjectKey::new(key.namespace.clone(), service),
         slice: Slice::new(family, ports, endpoints),
     }))
 }

@@ -419,7 +419,7 @@ mod tests {
         dir.objects()
             .services
             .keys()
-            .map(|k| k.name.clone())
+            .map(|k| k.name.to_string())
             .collect()
     }
 

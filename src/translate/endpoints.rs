@@ -112,7 +112,7 @@ impl EndpointCache {
     /// priority 0 and, with failover, the other family's at priority 1.
     pub(super) fn load_assignment(
         &mut self,
-        name: &str,
+        name: &Arc<str>,
         port_name: &str,
         endpoints: &Endpoints,
         primary: Family,
@@ -159,10 +159,11 @@ impl EndpointCache {
             }
             priorities.push(zones);
         }
-        Resource::from_encoded(
+        Resource::from_encoded_with_references(
             ResourceType::Endpoint,
-            name,
+            name.clone(),
             &assemble(name, &priorities, failover),
+            Vec::new(),
         )
     }
 }
@@ -328,7 +329,7 @@ mod tests {
             for failover in [false, true] {
                 let mut cache = EndpointCache::default();
                 cache.sync(&e);
-                let r = cache.load_assignment("ns/web:80", "http", &e, primary, failover);
+                let r = cache.load_assignment(&"ns/web:80".into(), "http", &e, primary, failover);
                 assert_eq!(
                     r.to_any().value,
                     reference(&e, primary, failover),
@@ -344,7 +345,7 @@ mod tests {
         e.slices.retain(|_, s| s.family() == Family::IPv4);
         let mut cache = EndpointCache::default();
         cache.sync(&e);
-        let r = cache.load_assignment("ns/web:80", "http", &e, Family::IPv6, true);
+        let r = cache.load_assignment(&"ns/web:80".into(), "http", &e, Family::IPv6, true);
         assert_eq!(r.to_any().value, reference(&e, Family::IPv6, true));
     }
 
@@ -353,7 +354,7 @@ mod tests {
         let mut e = endpoints();
         let mut cache = EndpointCache::default();
         cache.sync(&e);
-        let before = cache.load_assignment("ns/web:80", "http", &e, Family::IPv4, false);
+        let before = cache.load_assignment(&"ns/web:80".into(), "http", &e, Family::IPv4, false);
         // web-b now also lists 10.0.0.1 (ready): a duplicate of web-a's draining copy.
         e.slices.insert(
             "web-b".into(),
@@ -368,7 +369,7 @@ mod tests {
         );
         cache.sync(&e);
         assert_eq!(cache.duplicates, [1, 0]);
-        let dup = cache.load_assignment("ns/web:80", "http", &e, Family::IPv4, false);
+        let dup = cache.load_assignment(&"ns/web:80".into(), "http", &e, Family::IPv4, false);
         assert_ne!(before, dup);
         let merged: Vec<Endpoint> = e
             .merged(Family::IPv4, "http")
@@ -387,7 +388,7 @@ mod tests {
         e.slices.remove("web-b");
         cache.sync(&e);
         assert_eq!(cache.duplicates, [0, 0]);
-        let after = cache.load_assignment("ns/web:80", "http", &e, Family::IPv4, false);
+        let after = cache.load_assignment(&"ns/web:80".into(), "http", &e, Family::IPv4, false);
         assert_eq!(after.to_any().value, reference(&e, Family::IPv4, false));
     }
 
@@ -396,7 +397,7 @@ mod tests {
         let e = endpoints();
         let mut cache = EndpointCache::default();
         cache.sync(&e);
-        let r = cache.load_assignment("ns/web:80", "metrics", &e, Family::IPv4, false);
+        let r = cache.load_assignment(&"ns/web:80".into(), "metrics", &e, Family::IPv4, false);
         assert_eq!(
             r.to_any().value,
             load_assignment("ns/web:80", 0, &[], None).encode_to_vec()

@@ -218,11 +218,8 @@ struct Output {
     structure: u128,
     clusters: Vec<Resource>,
     load_assignments: Vec<Resource>,
-    /// (family, listener, name of the route it uses if any)
-    listeners: Vec<(Family, Resource, Option<String>)>,
-    routes: BTreeMap<String, Resource>,
-    /// Routes of its filter chains on SNI-shared ports (every Envoy group has them).
-    chain_routes: Vec<String>,
+    listeners: Vec<(Family, Resource)>,
+    routes: Vec<Resource>,
     /// What it brings to shared listener ports.
     shared: Vec<Arc<SharedPiece>>,
     /// The SDS secrets of its terminated TLS: (name, resource).
@@ -235,25 +232,26 @@ struct Output {
 
 impl Output {
     /// This Service's own resources in a group's snapshot: listeners on the group's
-    /// families and the routes they use, and, when the group edits them (the others
-    /// share them), clusters and endpoints; for proxyless clients, theirs. (Shared
-    /// listeners and secrets are assembled across Services.)
+    /// families, and, when the group edits them (the single-family groups share the
+    /// dual-stack group's), clusters, endpoints and the routes its listeners and filter
+    /// chains use; for proxyless clients, theirs. (Shared listeners and secrets are
+    /// assembled across Services.)
     fn in_group(
         &self,
         group: Group,
-        edits_clusters: bool,
+        edits_shared: bool,
     ) -> impl Iterator<Item = (ResourceType, &Resource)> {
         let (proxyless, families) = match group {
             Group::Proxyless => (true, ListenerFamilies::BOTH),
             Group::Envoy(families) => (false, families),
         };
         let envoy = !proxyless;
-        let clusters = (envoy && edits_clusters)
+        let clusters = (envoy && edits_shared)
             .then_some(&self.clusters)
             .into_iter()
             .flatten()
             .map(|r| (ResourceType::Cluster, r));
-        let load_assignments = (envoy && edits_clusters)
+        let load_assignments = (envoy && edits_shared)
             .then_some(&self.load_assignments)
             .into_iter()
             .flatten()
@@ -261,20 +259,14 @@ impl Output {
         let listeners = self
             .listeners
             .iter()
-            .filter(move |(family, _, _)| envoy && families.contains(*family));
-        let in_families = listeners.clone();
-        // A route once, when a listener of the group or a filter chain uses it.
-        let routes = self
-            .routes
-            .iter()
-            .filter(move |(name, _)| {
-                envoy
-                    && (self.chain_routes.contains(name)
-                        || in_families
-                            .clone()
-                            .any(|(_, _, route)| route.as_ref() == Some(name)))
-            })
-            .map(|(_, r)| (ResourceType::Route, r));
+            .filter(move |(family, _)| envoy && families.contains(*family));
+        // Every route is used in every family: by both families' listeners of its port,
+        // or by a filter chain of a shared port, which has listeners in both too.
+        let routes = (envoy && edits_shared)
+            .then_some(&self.routes)
+            .into_iter()
+            .flatten()
+            .map(|r| (ResourceType::Route, r));
         let proxyless = proxyless
             .then(|| self.proxyless.resources())
             .into_iter()
@@ -282,7 +274,7 @@ impl Output {
         proxyless
             .chain(clusters)
             .chain(load_assignments)
-            .chain(listeners.map(|(_, r, _)| (ResourceType::Listener, r)))
+            .chain(listeners.map(|(_, r)| (ResourceType::Listener, r)))
             .chain(routes)
     }
 }
@@ -334,8 +326,8 @@ fn port_claims(service: &Service) -> Vec<(PortClaim, Sharing)> {
         .collect()
 }
 
-/// One snapshot per group. Envoys binding both families edit clusters and endpoints;
-/// the single-family groups share them (they differ in listeners and routes only).
+/// One snapshot per group. Envoys binding both families edit clusters, endpoints and
+/// routes; the single-family groups share them (they differ in listeners only).
 #[derive(Clone, Debug, Default)]
 struct Groups {
     dual: Snapshot,
@@ -687,7 +679,7 @@ impl State {
                     .insert(key.clone(), piece.clone());
             }
 
-            for (builder, group, edits_clusters) in [
+            for (builder, group, edits_shared) in [
                 (&mut dual, Group::Envoy(ListenerFamilies::BOTH), true),
                 (&mut ipv4, Group::Envoy(ListenerFamilies::IPV4), false),
                 (&mut ipv6, Group::Envoy(ListenerFamilies::IPV6), false),
@@ -695,11 +687,11 @@ impl State {
             ] {
                 for (ty, r) in old
                     .into_iter()
-                    .flat_map(|o| o.in_group(group, edits_clusters))
+                    .flat_map(|o| o.in_group(group, edits_shared))
                 {
                     builder.remove(ty, r.name());
                 }
-                for (ty, r) in new.iter().flat_map(|n| n.in_group(group, edits_clusters)) {
+                for (ty, r) in new.iter().flat_map(|n| n.in_group(group, edits_shared)) {
                     builder.upsert_resource(ty, r.clone());
                 }
             }
@@ -714,6 +706,7 @@ impl State {
         for ((port, how), members) in shared.iter_mut() {
             let new = Arc::new(members.assemble(*port, *how));
             for (families, builder) in envoy_groups.iter_mut() {
+                let edits_shared = *families == ListenerFamilies::BOTH;
                 // What is gone goes; what is new or changed is put (unchanged: kept).
                 let kept: BTreeSet<&Arc<str>> = shared::group_listeners(&new, *families)
                     .map(Resource::name)
@@ -725,14 +718,18 @@ impl State {
                             builder.remove(ResourceType::Listener, r.name());
                         }
                     }
-                    if let Some(route) = old.route.as_ref().filter(|r| !kept.contains(r.name())) {
+                    if let Some(route) = old
+                        .route
+                        .as_ref()
+                        .filter(|r| edits_shared && !kept.contains(r.name()))
+                    {
                         builder.remove(ResourceType::Route, route.name());
                     }
                 }
                 for r in shared::group_listeners(&new, *families) {
                     builder.upsert_resource(ResourceType::Listener, r.clone());
                 }
-                if let Some(route) = &new.route {
+                if let Some(route) = new.route.as_ref().filter(|_| edits_shared) {
                     builder.upsert_resource(ResourceType::Route, route.clone());
                 }
             }
@@ -752,6 +749,9 @@ impl State {
         for single in [&mut ipv4, &mut ipv6] {
             single.share(&dual, ResourceType::Cluster);
             single.share(&dual, ResourceType::Endpoint);
+            // Routes are the same in every family, but what references them is the
+            // group's own listeners: checked when built.
+            single.share_checked(&dual, ResourceType::Route);
         }
         Ok(Assembly {
             groups: Groups {
@@ -964,9 +964,11 @@ fn translate<'a>(
             )));
     }
     cache.sync(endpoints);
-    for port in &service.ports {
+    // Named as the port's cluster, whose name it shares (one cluster per port, in order).
+    for (port, cluster) in service.ports.iter().zip(&output.clusters) {
+        debug_assert_eq!(**cluster.name(), cluster_name(key, port));
         output.load_assignments.push(cache.load_assignment(
-            &cluster_name(key, port),
+            cluster.name(),
             &port.name,
             endpoints,
             primary,
@@ -998,9 +1000,12 @@ fn translate_service(
     let how = sharing(service);
     for (port, role) in service.ports.iter().zip(roles) {
         let name = cluster_name(key, port);
+        // The name of the port's cluster, endpoints and route table, and what its
+        // listeners reference: one string.
+        let shared_name: Arc<str> = Arc::from(name.as_str());
         output
             .clusters
-            .push(encoders.cluster(&name, port.kind, service.proxy_protocol));
+            .push(encoders.cluster(&shared_name, port.kind, service.proxy_protocol));
         if port.kind == PortKind::Grpc {
             output
                 .proxyless
@@ -1060,16 +1065,14 @@ fn translate_service(
                             continue;
                         }
                         // The chain routes HTTP by the Service's own route table.
-                        output.routes.insert(
-                            name.clone(),
-                            Resource::new(&envoy::terminated_route_configuration(
+                        output
+                            .routes
+                            .push(Resource::new(&envoy::terminated_route_configuration(
                                 &name,
                                 &service.hosts,
                                 &name,
                                 port.kind,
-                            )),
-                        );
-                        output.chain_routes.push(name.clone());
+                            )));
                         Some(shared::Terminate {
                             secret: secret_name(secret),
                             route: name.clone(),
@@ -1088,16 +1091,17 @@ fn translate_service(
                 continue;
             }
         }
-        let route = port.kind.is_http().then(|| name.clone());
-        if route.is_some() {
-            output
-                .routes
-                .insert(name.clone(), encoders.route(&name, port.kind));
+        if port.kind.is_http() {
+            output.routes.push(encoders.route(&shared_name, port.kind));
         }
         for family in Family::BOTH {
-            let listener =
-                encoders.listener(&listener_name(key, port, family), family, port, &name);
-            output.listeners.push((family, listener, route.clone()));
+            let listener = encoders.listener(
+                &listener_name(key, port, family),
+                family,
+                port,
+                &shared_name,
+            );
+            output.listeners.push((family, listener));
         }
     }
     output
@@ -1116,7 +1120,7 @@ impl Encoders {
     /// [`envoy::cluster`], encoded.
     fn cluster(
         &mut self,
-        name: &str,
+        name: &Arc<str>,
         kind: PortKind,
         proxy_protocol: Option<ProxyProtocol>,
     ) -> Resource {
@@ -1127,16 +1131,21 @@ impl Encoders {
         let encoded = self.clusters.encode((kind, proxy_protocol), values, |v| {
             envoy::cluster(v.texts[0], &port_of(kind, 0), proxy_protocol)
         });
-        let references = vec![(ResourceType::Endpoint, name.to_owned())];
+        let references = vec![(ResourceType::Endpoint, name.clone())];
         debug_assert_eq!(
-            references,
+            vec![(ResourceType::Endpoint, name.to_string())],
             envoy::cluster(name, &port_of(kind, 0), proxy_protocol).references()
         );
-        Resource::from_encoded_with_references(ResourceType::Cluster, name, &encoded, references)
+        Resource::from_encoded_with_references(
+            ResourceType::Cluster,
+            name.clone(),
+            &encoded,
+            references,
+        )
     }
 
     /// [`envoy::route_configuration`] named as its cluster, encoded.
-    fn route(&mut self, name: &str, kind: PortKind) -> Resource {
+    fn route(&mut self, name: &Arc<str>, kind: PortKind) -> Resource {
         let values = Values {
             texts: &[name],
             port: 0,
@@ -1144,7 +1153,7 @@ impl Encoders {
         let encoded = self.routes.encode(kind, values, |v| {
             envoy::route_configuration(v.texts[0], v.texts[0], kind)
         });
-        Resource::from_encoded(ResourceType::Route, name, &encoded)
+        Resource::from_encoded_with_references(ResourceType::Route, name.clone(), &encoded, vec![])
     }
 
     /// [`envoy::listener`] of an exclusive port, encoded; an HTTP one takes its routes
@@ -1154,7 +1163,7 @@ impl Encoders {
         name: &str,
         family: Family,
         port: &ServicePort,
-        cluster: &str,
+        cluster: &Arc<str>,
     ) -> Resource {
         let kind = port.kind;
         let build = |v: Values<'_>| {
@@ -1172,13 +1181,24 @@ impl Encoders {
             port: port.listener_port,
         };
         let encoded = self.listeners.encode((kind, family), values, build);
-        let references: Vec<(ResourceType, String)> = kind
+        let references: Vec<(ResourceType, Arc<str>)> = kind
             .is_http()
-            .then(|| (ResourceType::Route, cluster.to_owned()))
+            .then(|| (ResourceType::Route, cluster.clone()))
             .into_iter()
             .collect();
-        debug_assert_eq!(references, build(values).references());
-        Resource::from_encoded_with_references(ResourceType::Listener, name, &encoded, references)
+        debug_assert_eq!(
+            references
+                .iter()
+                .map(|(ty, name)| (*ty, name.to_string()))
+                .collect::<Vec<_>>(),
+            build(values).references()
+        );
+        Resource::from_encoded_with_references(
+            ResourceType::Listener,
+            name.into(),
+            &encoded,
+            references,
+        )
     }
 }
 

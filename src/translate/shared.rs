@@ -103,7 +103,7 @@ impl SharedPort {
         }
         let mut taken: std::collections::BTreeMap<String, ServiceKey> = Default::default();
         let mut pieces: Vec<Bytes> = Vec::with_capacity(self.members.len());
-        let mut references: Vec<(ResourceType, String)> = Vec::new();
+        let mut references: Vec<(ResourceType, Arc<str>)> = Vec::new();
         let keys: Vec<ServiceKey> = self.members.keys().cloned().collect();
         for key in keys {
             let member = self.members.get_mut(&key).expect("a member");
@@ -127,8 +127,8 @@ impl SharedPort {
                 continue;
             }
             if let Some(terminate) = &member.piece.terminate {
-                references.push((ResourceType::Route, terminate.route.clone()));
-                references.push((ResourceType::Secret, terminate.secret.clone()));
+                references.push((ResourceType::Route, terminate.route.as_str().into()));
+                references.push((ResourceType::Secret, terminate.secret.as_str().into()));
             }
             let fresh = member.encoded.as_ref().filter(|(given, _)| *given == names);
             let bytes = match fresh {
@@ -173,7 +173,7 @@ impl SharedPort {
                         family,
                         Resource::from_encoded_with_references(
                             ResourceType::Listener,
-                            &name,
+                            name.into(),
                             &bytes,
                             references.clone(),
                         ),
@@ -320,7 +320,7 @@ mod tests {
         );
         let assembled = port.assemble(80, Sharing::Hosts);
         assert_eq!(assembled.conflicts.len(), 1);
-        assert_eq!(assembled.conflicts[0].key.name, "second");
+        assert_eq!(&*assembled.conflicts[0].key.name, "second");
         let route =
             RouteConfiguration::decode(assembled.route.unwrap().to_any().value.as_slice()).unwrap();
         let domains: Vec<Vec<String>> =

@@ -208,10 +208,11 @@ impl Template {
             bytes[range.clone()].copy_from_slice(values.texts[*slot].as_bytes());
         }
         if !self.ports.is_empty() {
-            let mut varint = Vec::with_capacity(5);
-            encode_varint(u64::from(values.port), &mut varint);
+            let mut varint = [0u8; 3];
+            let len = encoded_len_varint(u64::from(values.port));
+            encode_varint(u64::from(values.port), &mut &mut varint[..]);
             for range in &self.ports {
-                bytes[range.clone()].copy_from_slice(&varint);
+                bytes[range.clone()].copy_from_slice(&varint[..len]);
             }
         }
         bytes

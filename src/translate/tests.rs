@@ -619,7 +619,7 @@ fn services_naming_hosts_share_one_listener_and_one_route_table_per_port() {
         conflicts[0].reason.contains("shop.example.com"),
         "{conflicts:?}"
     );
-    assert_eq!(conflicts[0].key.name, "zz-copy");
+    assert_eq!(&*conflicts[0].key.name, "zz-copy");
 
     // shop goes away: the copy gets the host, the listener stays as it is.
     let listener = g
@@ -745,7 +745,7 @@ fn sni_passthrough_and_termination_share_one_listener_with_secrets_over_sds() {
     assert!(t
         .conflicts()
         .iter()
-        .any(|c| c.key.name == "orphan" && c.reason.contains("missing")));
+        .any(|c| &*c.key.name == "orphan" && c.reason.contains("missing")));
 
     // A rotated Secret: an SDS push, nothing else.
     let before = encodings(&set);
@@ -881,7 +881,7 @@ fn only_a_new_first_claimant_retranslates_a_ports_other_claimants() {
             .plan(m, Some(&changed), Family::IPv4)
             .dirty
             .iter()
-            .map(|k| k.name.clone())
+            .map(|k| k.name.to_string())
             .collect()
     };
     // "d" joins after the first: only "d".

@@ -237,7 +237,7 @@ mod tests {
             .model()
             .services
             .keys()
-            .map(|k| k.name.clone())
+            .map(|k| k.name.to_string())
             .collect()
     }
 
@@ -331,7 +331,7 @@ mod tests {
         );
         state.apply(0, InitDone);
         let watches = state.secret_watches();
-        let started: Vec<_> = watches.start.iter().map(|(_, k)| k.name.as_str()).collect();
+        let started: Vec<_> = watches.start.iter().map(|(_, k)| &*k.name).collect();
         assert_eq!(
             started,
             ["shared-tls", "shop-tls"],
