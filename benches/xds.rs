@@ -421,8 +421,10 @@ impl Bench {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             totals.sort_by(f64::total_cmp);
+            // The target is for 1,000 streams; five times as many get twice as long.
+            let target = if streams <= 1000 { 100 } else { 200 };
             println!(
-                "fan-out to all {streams} {mode} streams, {}: median of the worst stream {:.1} ms over {ROUNDS} rounds (target < 100 ms)",
+                "fan-out to all {streams} {mode} streams, {}: median of the worst stream {:.1} ms over {ROUNDS} rounds (target < {target} ms)",
                 if hold_acks {
                     "push only (clients hold their ACKs)"
                 } else {
