@@ -200,14 +200,22 @@ async fn rejected_snapshot_is_reported_and_not_resent(bootstrap: &str) {
         "{}",
         envoy.log()
     );
-    let clients = server.registry.clients();
-    let lds = clients[0]
-        .types
-        .iter()
-        .find(|t| t.type_url.ends_with("Listener"))
-        .unwrap();
+    // Envoy counts the update as applied before its ACK reaches the server.
+    let lds = eventually(
+        "the server to receive the ACK of the good snapshot",
+        Duration::from_secs(10),
+        || {
+            let clients = server.registry.clients();
+            let lds = clients[0]
+                .types
+                .iter()
+                .find(|t| t.type_url.ends_with("Listener"))
+                .cloned();
+            async move { lds.filter(|lds| lds.pending_nonce.is_none()) }
+        },
+    )
+    .await;
     assert!(lds.acked_version.is_some());
-    assert!(lds.pending_nonce.is_none());
     let statuses = csds(&server, "nacker").await;
     assert!(
         statuses

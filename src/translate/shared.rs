@@ -123,12 +123,17 @@ impl SharedPort {
                     }
                 }
             }
-            if names.is_empty() {
-                continue;
-            }
+            // A terminating member's route table and Secret are its own resources, put
+            // whether or not it won a host: the port's listeners keep them referenced
+            // (a member that lost every host has no chain that uses them, and Envoy
+            // never asks for them), so one Service's host conflict never makes the
+            // snapshots inconsistent and holds back everyone's changes.
             if let Some(terminate) = &member.piece.terminate {
                 references.push((ResourceType::Route, terminate.route.as_str().into()));
                 references.push((ResourceType::Secret, terminate.secret.as_str().into()));
+            }
+            if names.is_empty() {
+                continue;
             }
             let fresh = member.encoded.as_ref().filter(|(given, _)| *given == names);
             let bytes = match fresh {

@@ -929,3 +929,72 @@ fn only_a_new_first_claimant_retranslates_a_ports_other_claimants() {
     };
     assert_eq!(versions(&set), versions(&fresh));
 }
+
+#[test]
+fn a_terminating_service_that_loses_every_host_is_reported_and_blocks_nothing() {
+    // Two Services terminate TLS for the same host on one port: the first (by
+    // namespace/name) gets it; the second has no filter chain. Its route table and
+    // Secret stay with the port's listeners (no chain uses them), so the snapshots stay
+    // consistent and every other change is still published.
+    let mut t = Translator::new(Family::IPv4);
+    let mut services = vec![service("other", 80, PortKind::Http)];
+    let mut secrets = Vec::new();
+    for name in ["a-first", "b-second"] {
+        let mut s = with_hosts(name, 8443, PortKind::Http, &["shop.example.com"]);
+        let secret = ObjectKey::new("default", format!("{name}-tls"));
+        s.tls = Some(TlsMode::Terminate {
+            secret: secret.clone(),
+        });
+        secrets.push(secret);
+        services.push(s);
+    }
+    let mut m = model(services);
+    for secret in secrets {
+        m.secrets
+            .insert(secret, Arc::new(test_secret("shop.example.com")));
+    }
+    let set = t
+        .update(&m, None)
+        .expect("the conflict does not fail the build");
+    let conflicts = t.conflicts();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(&*conflicts[0].key.name, "b-second");
+    assert!(
+        conflicts[0].reason.contains("shop.example.com"),
+        "{conflicts:?}"
+    );
+    for families in ["IPv4,IPv6", "IPv4", "IPv6"] {
+        let g = group(&set, families);
+        let listener = Listener::decode(
+            &*g.resources(ResourceType::Listener)
+                .get("shared-tls:8443:ipv4")
+                .or_else(|| {
+                    g.resources(ResourceType::Listener)
+                        .get("shared-tls:8443:ipv6")
+                })
+                .unwrap()
+                .to_any()
+                .value,
+        )
+        .unwrap();
+        assert_eq!(
+            listener.filter_chains.len(),
+            1,
+            "{families}: one chain, the winner's"
+        );
+        assert!(
+            names(g, ResourceType::Listener).contains(&"default/other:80:ipv4".to_string())
+                || names(g, ResourceType::Listener).contains(&"default/other:80:ipv6".to_string())
+        );
+    }
+    // A later change elsewhere is published.
+    let mut m2 = m.clone();
+    m2.services.remove(&ObjectKey::new("default", "other"));
+    let set = t.update(&m2, None).expect("later changes are published");
+    assert!(!names(group(&set, "IPv4,IPv6"), ResourceType::Listener)
+        .contains(&"default/other:80:ipv4".to_string()));
+    // When the winner goes, the other gets the host.
+    m2.services.remove(&ObjectKey::new("default", "a-first"));
+    t.update(&m2, None).unwrap();
+    assert!(t.conflicts().is_empty(), "{:?}", t.conflicts());
+}
