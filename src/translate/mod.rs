@@ -246,37 +246,34 @@ impl Output {
             Group::Envoy(families) => (false, families),
         };
         let envoy = !proxyless;
-        let clusters = (envoy && edits_shared)
-            .then_some(&self.clusters)
-            .into_iter()
-            .flatten()
-            .map(|r| (ResourceType::Cluster, r));
-        let load_assignments = (envoy && edits_shared)
-            .then_some(&self.load_assignments)
-            .into_iter()
-            .flatten()
-            .map(|r| (ResourceType::Endpoint, r));
+        // What the dual-stack group edits for the others. Every route is used in every
+        // family: by both families' listeners of its port, or by a filter chain of a
+        // shared port, which has listeners in both too.
+        let edits = envoy && edits_shared;
         let listeners = self
             .listeners
             .iter()
             .filter(move |(family, _)| envoy && families.contains(*family));
-        // Every route is used in every family: by both families' listeners of its port,
-        // or by a filter chain of a shared port, which has listeners in both too.
-        let routes = (envoy && edits_shared)
-            .then_some(&self.routes)
-            .into_iter()
-            .flatten()
-            .map(|r| (ResourceType::Route, r));
         let proxyless = proxyless
             .then(|| self.proxyless.resources())
             .into_iter()
             .flatten();
         proxyless
-            .chain(clusters)
-            .chain(load_assignments)
+            .chain(typed(ResourceType::Cluster, edits, &self.clusters))
+            .chain(typed(ResourceType::Endpoint, edits, &self.load_assignments))
             .chain(listeners.map(|(_, r)| (ResourceType::Listener, r)))
-            .chain(routes)
+            .chain(typed(ResourceType::Route, edits, &self.routes))
     }
+}
+
+/// `list` as resources of type `ty` when `include`, else nothing.
+fn typed(
+    ty: ResourceType,
+    include: bool,
+    list: &[Resource],
+) -> impl Iterator<Item = (ResourceType, &Resource)> {
+    let list = if include { list } else { &[] };
+    list.iter().map(move |r| (ty, r))
 }
 
 #[derive(Clone, Debug, Default)]
